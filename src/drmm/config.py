@@ -1,0 +1,218 @@
+"""Dataclass configs, YAML load/save and dotted ``key=value`` overrides.
+
+A config is four plain dataclasses (model, objective, train, data) under one
+:class:`Config`. YAML files hold any subset of the fields; everything else keeps
+the defaults below, which are the paper's D-RMM + Sparse R-CNN R50 recipe.
+Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class ModelConfig:
+    """Architecture: backbone, proposals, decoder stages and input handling."""
+
+    architecture: str = "sparse_rcnn"
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | tiny
+    pretrained: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
+    trainable_layers: int = 3  # ResNet stages trained (of layer1..layer4); 3 = stem + layer1 frozen
+    tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    fpn_channels: int = 256
+    num_classes: int = 80
+    num_proposals: int = 300
+    proposal_init: str = "grid"  # grid (released D-RMM: 15 x 20 centres, size 0.5) | whole
+    proposal_size: float = 0.5  # side of grid-initialised boxes, fraction of the image
+    num_stages: int = 6
+    hidden_dim: int = 256
+    num_heads: int = 8
+    dim_feedforward: int = 2048
+    dynamic_dim: int = 64
+    dropout: float = 0.0
+    num_cls_layers: int = 1
+    num_reg_layers: int = 3
+    pooler_resolution: int = 7
+    sampling_ratio: int = 2
+    delta_mode: str = "pixels"  # pixels (released) | proposal (deltas scaled by proposal w, h)
+    min_size: int = 800  # short side at test time (and training, when no list is given)
+    max_size: int = 1333
+    train_min_sizes: list[int] | None = None  # multi-scale short sides in training
+    size_divisible: int = 32
+    pixel_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    pixel_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    detections_per_image: int = 100
+
+
+@dataclass
+class ObjectiveConfig:
+    """How outputs are trained: the D-RMM mixture objective or the Hungarian baseline."""
+
+    name: str = "drmm"  # drmm | hungarian
+    beta: float = 0.5  # MCM weight
+    reduction: str = "sum"  # sum (released) | mean (per ground truth)
+    coord_dist: str = "cauchy"  # cauchy | gaussian | laplace
+    stop_grad: list[str] = field(default_factory=lambda: ["coord"])  # subset of mix, coord, class
+    min_scale_ratio: float = 0.04
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation recipe (paper Appendix A defaults)."""
+
+    lr: float = 5e-5
+    weight_decay: float = 5e-5
+    batch_size: int = 16
+    epochs: int = 36
+    max_iters: int | None = None  # overrides epochs when set
+    lr_steps: list[int] = field(default_factory=lambda: [27, 33])  # in epochs (or iterations)
+    lr_steps_unit: str = "epoch"  # epoch | iter
+    lr_gamma: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.01
+    clip_norm: float = 1.0
+    amp: str = "none"  # none | bf16 | fp16 (GPU)
+    seed: int = 0
+    num_workers: int = 2
+    log_interval: int = 20
+    eval_interval: int = 1  # epochs (or iterations, with lr_steps_unit = iter)
+    checkpoint_interval: int = 1
+    max_consecutive_nonfinite: int = 10
+    sync_bn: bool = False
+    threads: int | None = None  # torch.set_num_threads on CPU
+
+
+@dataclass
+class DataConfig:
+    """Dataset handling and the data-side part of the paper's augmentation.
+
+    The final (multi-scale) resize happens inside the model (``model.min_size``,
+    ``model.train_min_sizes``); the data pipeline does the flip and the crop policy
+    (short side to one of ``crop_resize``, then a random crop with sides in
+    ``crop_size``), all sizes multiplied by ``scale`` for small-image datasets.
+    """
+
+    scale: float = 1.0
+    flip: bool = True
+    crop: bool = True  # apply the crop policy to half of the training images
+    crop_resize: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_size: list[int] = field(default_factory=lambda: [384, 600])
+    skip_empty: bool = True  # leave images without boxes out of training
+    skip_unreadable: bool = False  # count and skip unreadable images instead of failing
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    class_names: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None, source: str = "config") -> "Config":
+        return _build(cls, d or {}, source)
+
+
+def _build(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in d.items():
+        sub = _SECTIONS.get((cls, name))
+        if sub:
+            kwargs[name] = _build(sub, value or {}, f"{where}.{name}")
+        else:
+            kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check scalars against the field type; accept ints and YAML's ``1e-4`` strings for floats."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args or hint is Any:
+            return None
+        raise ValueError(f"{where}: may not be null")
+    base = next((a for a in args if a is not type(None)), hint) if args and type(None) in args else hint
+    if base is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected a number, got {value!r}") from None
+    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if base is bool and not isinstance(value, bool):
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if base is str and not isinstance(value, str):
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    if typing.get_origin(base) is list and not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
+    return value
+
+
+_SECTIONS = {
+    (Config, "model"): ModelConfig,
+    (Config, "objective"): ObjectiveConfig,
+    (Config, "train"): TrainConfig,
+    (Config, "data"): DataConfig,
+}
+
+
+def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``1e-4``, ``[1, 2]``)."""
+    d = cfg.to_dict()
+    for item in overrides or []:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        node = d
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a config section")
+            node = node[p]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: unknown key {key!r}")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return Config.from_dict(d, "overrides")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+    if path is None:
+        return apply_overrides(Config(), overrides)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from e
+    return apply_overrides(Config.from_dict(d, str(path)), overrides)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for convenience."""
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,14 @@
+"""Data layer: COCO-format datasets, the training augmentation and a synthetic shapes dataset."""
+from .coco import CocoDetection, collate_fn, load_rgb
+from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES, generate_synthetic
+from .transforms import RandomSizeCrop, build_transforms
+
+__all__ = [
+    "CocoDetection",
+    "RandomSizeCrop",
+    "SYNTHETIC_CLASS_NAMES",
+    "build_transforms",
+    "collate_fn",
+    "generate_synthetic",
+    "load_rgb",
+]

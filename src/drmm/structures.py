@@ -1,0 +1,48 @@
+"""Small shared data structures: one decoder stage's output and padded targets."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class StageOutput:
+    """What one decoder stage predicts for a batch (boxes in model-input pixels).
+
+    ``boxes`` is the stage's box estimate: the mixture location ``mu`` for D-RMM,
+    the decoded box for the Hungarian baseline. ``objectness_logit`` and
+    ``raw_scale`` exist only for mixture heads.
+    """
+
+    proposals: Tensor  # [B, K, 4] the boxes this stage started from
+    boxes: Tensor  # [B, K, 4]
+    class_logits: Tensor  # [B, K, C]
+    objectness_logit: Tensor | None = None  # [B, K]
+    raw_scale: Tensor | None = None  # [B, K, 4]
+    features: Tensor | None = None  # [B, K, D] proposal features after the stage
+
+    @property
+    def mu(self) -> Tensor:
+        return self.boxes
+
+
+def pad_targets(targets: list[dict[str, Tensor]], device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-image ground truths into padded ``boxes [B,G,4]``, ``labels [B,G]``, ``valid [B,G]``.
+
+    ``G`` is the largest count in the batch (at least 1, so empty batches still
+    have a well-formed, all-invalid tensor).
+    """
+    B = len(targets)
+    G = max([1] + [len(t["boxes"]) for t in targets])
+    device = device or (targets[0]["boxes"].device if targets else None)
+    boxes = torch.zeros(B, G, 4, device=device)
+    labels = torch.zeros(B, G, dtype=torch.int64, device=device)
+    valid = torch.zeros(B, G, dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):
+        n = len(t["boxes"])
+        boxes[i, :n] = t["boxes"].to(device=device, dtype=boxes.dtype)
+        labels[i, :n] = t["labels"].to(device)
+        valid[i, :n] = True
+    return boxes, labels, valid

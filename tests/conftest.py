@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from drmm.config import Config
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+def tiny_config(num_classes: int = 3, **model) -> Config:
+    """A model small enough for unit tests on a CPU (about 0.1 s a step)."""
+    cfg = Config()
+    m = cfg.model
+    m.backbone, m.tiny_widths = "tiny", [8, 16, 16, 32]
+    m.fpn_channels = m.hidden_dim = 32
+    m.num_heads, m.dim_feedforward, m.dynamic_dim = 4, 64, 8
+    m.num_proposals, m.num_stages, m.num_classes = 12, 2, num_classes
+    m.min_size, m.max_size = 96, 160
+    m.sampling_ratio = 1
+    for k, v in model.items():
+        setattr(m, k, v)
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg() -> Config:
+    return tiny_config()

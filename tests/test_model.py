@@ -1,0 +1,192 @@
+"""The detector: build, forward/backward, eval outputs, parameter counts, checkpoints."""
+import pytest
+import torch
+import torchvision
+from conftest import tiny_config
+
+from drmm import build_detector, detector_from_checkpoint
+from drmm.config import Config
+from drmm.models import count_parameters
+from drmm.models.proposals import grid_shape, init_proposal_boxes
+from drmm.models.sparse_rcnn import clean_boxes, decode_deltas
+from drmm.models.transform import boxes_to_original
+
+
+def batch(sizes=((3, 100, 120), (3, 90, 70))):
+    images = [torch.rand(*s) for s in sizes]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # no ground truth
+    ]
+    return images, targets
+
+
+def test_forward_backward_tiny(tiny_cfg):
+    model = build_detector(tiny_cfg).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    assert sorted(losses) == ["mcm.0", "mcm.1", "nll.0", "nll.1"]
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in params)
+    # The learnable proposal boxes get gradient through the first stage's mu.
+    assert model.proposals.boxes.weight.grad.abs().sum() > 0
+
+
+def test_eval_output_format_and_ranges(tiny_cfg):
+    tiny_cfg.model.num_proposals = 60  # 60 x 3 classes > 100 detections to choose from
+    model = build_detector(tiny_cfg).eval()
+    images = [torch.rand(3, 100, 120), torch.rand(3, 37, 211)]
+    with torch.inference_mode():
+        out = model(images)
+    for det, img in zip(out, images):
+        h, w = img.shape[-2:]
+        assert set(det) == {"boxes", "scores", "labels"}
+        assert det["boxes"].shape == (100, 4) and det["scores"].shape == (100,)
+        assert (det["scores"] >= 0).all() and (det["scores"] <= 1).all()
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()  # sorted
+        b = det["boxes"]
+        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
+        assert det["labels"].dtype == torch.int64 and det["labels"].max() < 3
+
+
+def test_scores_are_class_prob_times_objectness(tiny_cfg):
+    model = build_detector(tiny_cfg).eval()
+    images, _ = batch()
+    with torch.inference_mode():
+        out, stages = model(images, return_stages=True)
+    last = stages[-1]
+    assert len(stages) == tiny_cfg.model.num_stages
+    params = model.mixture_parameters(last)
+    expected = (params["class_prob"] * params["objectness"][..., None])[0].flatten().sort(descending=True).values
+    torch.testing.assert_close(out[0]["scores"], expected[: len(out[0]["scores"])])
+    torch.testing.assert_close(params["pi"].sum(-1), torch.ones(2))
+    assert (params["gamma"] > 0).all()
+
+
+def test_r50_eval_on_480x640_returns_at_most_100_detections():
+    model = build_detector(Config()).eval()  # the paper's R50 model, random weights
+    with torch.inference_mode():
+        det = model([torch.rand(3, 480, 640)])[0]
+    assert len(det["scores"]) <= 100
+    assert ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+    b = det["boxes"]
+    assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= 640).all() and (b[:, 1::2] >= 0).all() and (b[:, 1::2] <= 480).all()
+
+
+@pytest.mark.parametrize("backbone,expected", [("resnet50", 106.1e6), ("resnet101", None)])
+def test_parameter_count_matches_paper(backbone, expected):
+    cfg = Config()
+    cfg.model.backbone = backbone
+    total, trainable = count_parameters(build_detector(cfg))
+    if expected:
+        assert abs(total - expected) / expected < 0.01  # paper Table 11: 106.1M
+    # Stem and layer1 are frozen; frozen BatchNorm has no parameters at all.
+    frozen = total - trainable
+    assert 0 < frozen < 1e6
+
+
+def test_frozen_backbone_parts(tiny_cfg):
+    cfg = Config()
+    cfg.model.backbone = "resnet18"
+    cfg.model.fpn_channels = cfg.model.hidden_dim = 64
+    cfg.model.num_stages, cfg.model.num_proposals = 1, 4
+    model = build_detector(cfg)
+    body = model.backbone.body
+    assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.layer1.parameters())
+    assert all(p.requires_grad for p in body.layer2.parameters())
+    assert isinstance(body.bn1, torchvision.ops.misc.FrozenBatchNorm2d)
+
+
+def test_pretrained_weights_from_local_file(tmp_path):
+    ref = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(ref.state_dict(), path)
+    cfg = Config()
+    cfg.model.backbone, cfg.model.pretrained = "resnet18", str(path)
+    cfg.model.fpn_channels = cfg.model.hidden_dim = 64
+    cfg.model.num_stages, cfg.model.num_proposals = 1, 4
+    model = build_detector(cfg)
+    torch.testing.assert_close(model.backbone.body.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
+    torch.testing.assert_close(model.backbone.body.bn1.running_mean, ref.bn1.running_mean)
+    cfg.model.pretrained = str(tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        build_detector(cfg)
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    cfg.model.pretrained = str(bad)
+    with pytest.raises(RuntimeError, match="bad.pth"):
+        build_detector(cfg)
+    torch.save({"conv1.weight": torch.zeros(1)}, bad)
+    with pytest.raises(RuntimeError, match="not a torchvision resnet18"):
+        build_detector(cfg)
+
+
+def test_checkpoint_roundtrip_with_weights_only(tmp_path, tiny_cfg):
+    model = build_detector(tiny_cfg).eval()
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": model.state_dict(), "config": tiny_cfg.to_dict(), "class_names": ["a", "b", "c"]}, path)
+    # weights_only=True must be able to read it: plain tensors, dicts, lists, numbers.
+    torch.load(path, weights_only=True)
+    loaded, ckpt = detector_from_checkpoint(path)
+    assert ckpt["class_names"] == ["a", "b", "c"]
+    images, _ = batch()
+    with torch.inference_mode():
+        a, b = model(images), loaded(images)
+    torch.testing.assert_close(a[0]["boxes"], b[0]["boxes"])
+    torch.testing.assert_close(a[1]["scores"], b[1]["scores"])
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(RuntimeError, match="junk.pt"):
+        detector_from_checkpoint(tmp_path / "junk.pt")
+
+
+def test_bad_inputs_give_clear_errors(tiny_cfg):
+    model = build_detector(tiny_cfg)
+    images, targets = batch()
+    with pytest.raises(ValueError, match="targets are required"):
+        model(images)
+    with pytest.raises(ValueError, match=r"images\[0\]"):
+        model([torch.rand(100, 120)], targets[:1])
+    with pytest.raises(ValueError, match="uint8"):
+        model([torch.zeros(3, 10, 10, dtype=torch.uint8)], targets[:1])
+    with pytest.raises(ValueError, match="2 boxes but 1 labels"):
+        model(images, [{"boxes": targets[0]["boxes"], "labels": torch.tensor([0])}, targets[1]])
+    with pytest.raises(ValueError, match="NaN"):
+        model(images[:1], [{"boxes": torch.tensor([[0.0, 0, float("nan"), 1]]), "labels": torch.tensor([0])}])
+
+
+def test_resize_and_back(tiny_cfg):
+    model = build_detector(tiny_cfg)
+    t = model.transform.eval()
+    batch_, sizes, tg = t([torch.rand(3, 100, 120), torch.rand(3, 50, 400)], [
+        {"boxes": torch.tensor([[10.0, 20, 30, 40]]), "labels": torch.tensor([0])},
+        {"boxes": torch.tensor([[0.0, 0, 400, 50]]), "labels": torch.tensor([0])}])
+    assert sizes == [(96, 115), (20, 160)]  # short side 96, long side capped at 160
+    assert batch_.shape[-2] % 32 == 0 and batch_.shape[-1] % 32 == 0
+    torch.testing.assert_close(tg[1]["boxes"], torch.tensor([[0.0, 0, 160, 20]]))
+    back = boxes_to_original(tg[0]["boxes"], sizes[0], (100, 120))
+    torch.testing.assert_close(back, torch.tensor([[10.0, 20, 30, 40]]), atol=1e-4, rtol=0)
+
+
+def test_proposal_grid_init():
+    assert grid_shape(300) == (15, 20)
+    boxes = init_proposal_boxes(300, "grid", 0.5)
+    assert boxes.shape == (300, 4)
+    assert torch.allclose(boxes[:, 2:], torch.tensor(0.5))
+    assert torch.allclose(boxes[0, :2], torch.tensor([0.025, 1 / 30]))
+    assert len(set(map(tuple, boxes[:, :2].tolist()))) == 300
+    assert torch.equal(init_proposal_boxes(7, "whole")[3], torch.tensor([0.5, 0.5, 1.0, 1.0]))
+
+
+def test_box_helpers():
+    boxes = torch.tensor([[[50.0, 40, 10, 10], [-5, -5, 500, 500]]])
+    clean = clean_boxes(boxes, [(100, 200)])
+    assert torch.equal(clean, torch.tensor([[[10.0, 10, 50, 40], [0, 0, 200, 100]]]))
+    ref = torch.tensor([[0.0, 0, 10, 20]])
+    assert torch.allclose(decode_deltas(torch.zeros(1, 4), ref), ref)
+    moved = decode_deltas(torch.tensor([[2.0, 0, 0, 0]]), ref)  # dx weight 2 -> one box width
+    assert torch.allclose(moved, torch.tensor([[10.0, 0, 20, 20]]))
