@@ -32,6 +32,7 @@ class ModelConfig:
     proposal_init: str = "grid"  # grid (released D-RMM: 15 x 20 centres, size 0.5) | whole
     proposal_size: float = 0.5  # side of grid-initialised boxes, fraction of the image
     num_stages: int = 6
+    topk_ratio: float = 1.0  # fraction of proposals kept (highest scores) after each stage but the last (App. C.2)
     hidden_dim: int = 256
     num_heads: int = 8
     dim_feedforward: int = 2048
@@ -41,6 +42,7 @@ class ModelConfig:
     num_reg_layers: int = 3
     pooler_resolution: int = 7
     sampling_ratio: int = 2
+    pooler: str = "torchvision"  # torchvision (MultiScaleRoIAlign) | grid (one grid_sample; faster on CPU)
     delta_mode: str = "pixels"  # pixels (released) | proposal (deltas scaled by proposal w, h)
     min_size: int = 800  # short side at test time (and training, when no list is given)
     max_size: int = 1333
@@ -61,6 +63,14 @@ class ObjectiveConfig:
     coord_dist: str = "cauchy"  # cauchy | gaussian | laplace
     stop_grad: list[str] = field(default_factory=lambda: ["coord"])  # subset of mix, coord, class
     min_scale_ratio: float = 0.04
+    nll_mode: str = "mixture"  # mixture (paper) | max (Table 3 IV) | bipartite (Table 2 row 2, NLL(B))
+    mcm_mode: str = "max"  # max (paper) | bipartite (Table 2 row 4, MCM(B))
+    # Hungarian baseline (Sparse R-CNN): matching cost and loss weights, focal loss parameters
+    cls_weight: float = 2.0
+    l1_weight: float = 5.0
+    giou_weight: float = 2.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
 
 
 @dataclass
@@ -81,9 +91,11 @@ class TrainConfig:
     amp: str = "none"  # none | bf16 | fp16 (GPU)
     seed: int = 0
     num_workers: int = 2
-    log_interval: int = 20
-    eval_interval: int = 1  # epochs (or iterations, with lr_steps_unit = iter)
-    checkpoint_interval: int = 1
+    log_interval: int = 20  # iterations between JSONL log rows
+    eval_interval: int = 1  # validation every N epochs (or iterations, see interval_unit); 0 = only at the end
+    checkpoint_interval: int = 1  # last.pt every N epochs (or iterations)
+    interval_unit: str = "epoch"  # epoch | iter
+    time_limit_minutes: float | None = None  # stop (evaluate, checkpoint) after this much training time
     max_consecutive_nonfinite: int = 10
     sync_bn: bool = False
     threads: int | None = None  # torch.set_num_threads on CPU

@@ -81,6 +81,58 @@ def component_log_terms(
     return log_pi, log_coord, log_class
 
 
+def _check_options(coord_dist: str, stop_grad: Collection[str] = ()) -> None:
+    bad = set(stop_grad) - STOP_GRAD_PARTS
+    if bad:
+        raise ValueError(f"unknown stop_grad part(s) {sorted(bad)}; choose from {sorted(STOP_GRAD_PARTS)}")
+    if coord_dist not in COORD_DISTS:
+        raise ValueError(f"unknown coord_dist {coord_dist!r}; choose from {COORD_DISTS}")
+
+
+def mixture_log_terms(
+    mu: Tensor,
+    raw_scale: Tensor,
+    objectness_logit: Tensor,
+    class_logits: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_valid: Tensor,
+    *,
+    min_scale_ratio: float = 0.04,
+    coord_dist: str = "cauchy",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log_pi [B,1,K], log_coord [B,G,K], log_class [B,G,K])`` of a stage, padding-safe.
+
+    Same arguments as :func:`mixture_losses`. Inputs are computed in float32
+    (float64 for float64 inputs); padding slots get a harmless box and label so no
+    NaN can leak through gradients, and their terms are finite but meaningless:
+    mask them with ``gt_valid``. Used by the loss ablations that need every
+    component's log-likelihood, not just the NLL/MCM reductions.
+    """
+    _check_options(coord_dist)
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    mu, raw_scale, objectness_logit, class_logits = (
+        t.to(dtype) for t in (mu, raw_scale, objectness_logit, class_logits)
+    )
+    gt_valid = gt_valid.bool()
+    gt_boxes = torch.where(gt_valid.unsqueeze(-1), gt_boxes.to(dtype), torch.zeros((), dtype=dtype, device=mu.device))
+    gt_labels = torch.where(gt_valid, gt_labels, torch.zeros_like(gt_labels))
+    scale = mixture_scale(mu, raw_scale, min_scale_ratio)
+    return component_log_terms(mu, scale, objectness_logit, class_logits, gt_boxes, gt_labels, coord_dist)
+
+
+def combine_log_terms(
+    log_pi: Tensor, log_coord: Tensor, log_class: Tensor, stop_grad: Collection[str] = ()
+) -> Tensor:
+    """``log comp [B,G,K] = log_pi + log_coord + log_class`` with the parts in ``stop_grad`` detached."""
+    _check_options("cauchy", stop_grad)
+    return (
+        (log_pi.detach() if "mix" in stop_grad else log_pi)
+        + (log_coord.detach() if "coord" in stop_grad else log_coord)
+        + (log_class.detach() if "class" in stop_grad else log_class)
+    )
+
+
 def mixture_losses(
     mu: Tensor,
     raw_scale: Tensor,
@@ -113,36 +165,19 @@ def mixture_losses(
         exactly 0 where ``gt_valid`` is False. Low-precision inputs are computed in
         float32.
     """
-    bad = set(stop_grad) - STOP_GRAD_PARTS
-    if bad:
-        raise ValueError(f"unknown stop_grad part(s) {sorted(bad)}; choose from {sorted(STOP_GRAD_PARTS)}")
-    if coord_dist not in COORD_DISTS:
-        raise ValueError(f"unknown coord_dist {coord_dist!r}; choose from {COORD_DISTS}")
-    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
-    mu, raw_scale, objectness_logit, class_logits = (
-        t.to(dtype) for t in (mu, raw_scale, objectness_logit, class_logits)
-    )
+    _check_options(coord_dist, stop_grad)
     gt_valid = gt_valid.bool()
-    # Padding slots get a harmless box and label so no NaN can leak through gradients.
-    gt_boxes = torch.where(gt_valid.unsqueeze(-1), gt_boxes.to(dtype), torch.zeros((), dtype=dtype, device=mu.device))
-    gt_labels = torch.where(gt_valid, gt_labels, torch.zeros_like(gt_labels))
-
-    scale = mixture_scale(mu, raw_scale, min_scale_ratio)
-    log_pi, log_coord, log_class = component_log_terms(
-        mu, scale, objectness_logit, class_logits, gt_boxes, gt_labels, coord_dist
+    log_pi, log_coord, log_class = mixture_log_terms(
+        mu, raw_scale, objectness_logit, class_logits, gt_boxes, gt_labels, gt_valid,
+        min_scale_ratio=min_scale_ratio, coord_dist=coord_dist,
     )
     log_comp = log_pi + log_coord + log_class  # [B, G, K]
     nll = -torch.logsumexp(log_comp, dim=-1)
-
     if stop_grad:
-        log_comp = (
-            (log_pi.detach() if "mix" in stop_grad else log_pi)
-            + (log_coord.detach() if "coord" in stop_grad else log_coord)
-            + (log_class.detach() if "class" in stop_grad else log_class)
-        )
+        log_comp = combine_log_terms(log_pi, log_coord, log_class, stop_grad)
     mcm = torch.logsumexp(log_comp, dim=-1) - log_comp.amax(dim=-1)
 
-    zero = torch.zeros((), dtype=dtype, device=mu.device)
+    zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
     return torch.where(gt_valid, nll, zero), torch.where(gt_valid, mcm, zero)
 
 

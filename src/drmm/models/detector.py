@@ -60,7 +60,7 @@ class Detector(nn.Module):
         batch, sizes, targets = self.transform(images, targets)
         stages = self.decode(batch, sizes)
         if self.training:
-            out = self.objective(stages, targets)
+            out = self.objective(stages, targets, sizes)
         else:
             out = self.postprocess(stages[-1], sizes, original_sizes)
         return (out, stages) if return_stages else out

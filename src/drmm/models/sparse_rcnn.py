@@ -9,7 +9,10 @@ dynamic instance-interactive convolution, applies an FFN and predicts:
 * ``head="box"`` (Hungarian baseline): C class logits; 4 deltas decoded with the
   (2, 2, 1, 1) box coder.
 
-The next stage starts from this stage's boxes, detached, reordered and clipped.
+The next stage starts from this stage's boxes, detached, reordered and clipped;
+with ``topk_ratio < 1`` only the ``ceil(K * ratio)`` highest-scoring of them
+(objectness for the mixture head, max class logit for the box head) go on, so K
+shrinks from stage to stage (paper Appendix C.2).
 """
 from __future__ import annotations
 
@@ -18,10 +21,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import MultiScaleRoIAlign
 
 from ..structures import StageOutput
 from .backbone import LEVELS
+from .poolers import build_pooler
 
 _DW_CLAMP = math.log(1000.0 / 16)
 
@@ -45,6 +48,12 @@ def clean_boxes(boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
     lo = torch.minimum(lo.clamp(min=0), wh - 1)
     hi = torch.maximum(torch.minimum(hi, wh), lo + 1)
     return torch.cat([lo, hi], dim=-1)
+
+
+def keep_top(score: Tensor, ratio: float, *tensors: Tensor) -> list[Tensor]:
+    """Rows of each ``[B, K, D]`` tensor for the ``ceil(K * ratio)`` highest ``score [B, K]`` per image."""
+    idx = score.topk(math.ceil(score.shape[1] * ratio), dim=1).indices.unsqueeze(-1)
+    return [torch.gather(t, 1, idx.expand(-1, -1, t.shape[-1])) for t in tensors]
 
 
 def _mlp(dim: int, layers: int) -> nn.Sequential:
@@ -133,9 +142,12 @@ class SparseRCNNDecoder(nn.Module):
             raise ValueError(f"head must be 'mixture' or 'box', got {head!r}")
         if cfg.fpn_channels != cfg.hidden_dim:
             raise ValueError(f"Sparse R-CNN needs fpn_channels == hidden_dim, got {cfg.fpn_channels} and {cfg.hidden_dim}")
-        self.pooler = MultiScaleRoIAlign(list(LEVELS), cfg.pooler_resolution, cfg.sampling_ratio)
+        self.pooler = build_pooler(cfg.pooler, list(LEVELS), cfg.pooler_resolution, cfg.sampling_ratio)
         self.stages = nn.ModuleList(SparseRCNNStage(cfg, head) for _ in range(cfg.num_stages))
         self.head = head
+        if not 0 < cfg.topk_ratio <= 1:
+            raise ValueError(f"topk_ratio must be in (0, 1], got {cfg.topk_ratio}")
+        self.topk_ratio = cfg.topk_ratio
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -155,10 +167,14 @@ class SparseRCNNDecoder(nn.Module):
     ) -> list[StageOutput]:
         padded = tuple(features["p2"].shape[-2:])
         padded = (padded[0] * 4, padded[1] * 4)
+        canvas = self.pooler.canvas(features)  # built once, read by every stage
         outputs = []
-        for stage in self.stages:  # first-stage boxes stay learnable, later ones are detached
-            rois = self.pooler(features, list(boxes.unbind(0)), [padded] * len(image_sizes))
+        for i, stage in enumerate(self.stages):  # first-stage boxes stay learnable, later ones are detached
+            rois = self.pooler(features, boxes, padded, canvas)
             out, pro_features = stage(rois, boxes, pro_features)
             outputs.append(out)
             boxes = clean_boxes(out.boxes.detach(), image_sizes)
+            if self.topk_ratio < 1 and i < len(self.stages) - 1:
+                score = out.objectness_logit if self.head == "mixture" else out.class_logits.amax(-1)
+                boxes, pro_features = keep_top(score.detach(), self.topk_ratio, boxes, pro_features)
         return outputs

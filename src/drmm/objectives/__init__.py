@@ -1,4 +1,5 @@
 """Training objectives: how stage outputs are turned into losses."""
 from .drmm import DRMMObjective, build_objective
+from .hungarian import HungarianObjective, hungarian_match
 
-__all__ = ["DRMMObjective", "build_objective"]
+__all__ = ["DRMMObjective", "HungarianObjective", "build_objective", "hungarian_match"]

@@ -1,21 +1,62 @@
-"""The D-RMM objective: sum over stages of NLL + beta * MCM (paper Section 3.3)."""
+"""The D-RMM objective: sum over stages of NLL + beta * MCM (paper Section 3.3), plus its ablations.
+
+Ablations (paper Tables 2 and 3), chosen with ``nll_mode`` and ``mcm_mode``:
+
+* ``nll_mode="mixture"`` (paper): ``NLL_i = -log sum_k comp_ik``.
+* ``nll_mode="max"`` (Table 3 (IV), "NLL only for MAX"): ``NLL_i = -max_k log comp_ik``,
+  a mixture-style loss (``pi`` included) on the best component only.
+* ``nll_mode="bipartite"`` (Table 2 row 2, "NLL(B)", not a mixture model). Our
+  reading, as the paper gives no detail: each image's ground truths are matched one
+  to one to components by Hungarian matching on ``-(log F + log P)`` (the pi-free
+  component likelihood), ``NLL_i = -(log F + log P)[i, match(i)]`` on matched pairs
+  only (ground truths left over when G > K get no loss), and the objectness is
+  trained by binary cross-entropy on ``sigmoid(o)`` with target 1 for matched
+  components and 0 for all others (returned as ``obj.s``, reduced like the NLL), so
+  the inference score ``p * o`` keeps its meaning. Table 2 row 2 is this with
+  ``beta=0``.
+* ``mcm_mode="max"`` (paper): ``MCM_i = logsumexp_k log comp_ik - max_k log comp_ik``.
+* ``mcm_mode="bipartite"`` (Table 2 row 4, "MCM(B)"): the max component is replaced
+  by the one Hungarian matching on ``-log comp`` assigns to the ground truth (the
+  max component for ground truths left over when G > K).
+* ``beta=0``: NLL only (Table 2 row 3, Table 3 (I)); the MCM entries are exact zeros.
+
+``stop_grad`` applies to the MCM term in every mode, never to the NLL.
+"""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..mixture import COORD_DISTS, STOP_GRAD_PARTS, mixture_losses
+from ..mixture import COORD_DISTS, STOP_GRAD_PARTS, combine_log_terms, mixture_log_terms, mixture_losses
 from ..structures import StageOutput, pad_targets
+from .hungarian import HungarianObjective, hungarian_match
+
+NLL_MODES = ("mixture", "max", "bipartite")
+MCM_MODES = ("max", "bipartite")
+
+
+def _assign(matches: list[tuple[Tensor, Tensor]], fallback: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-ground-truth component index ``[B, G]`` (``fallback`` where unmatched) and matched mask."""
+    b = torch.cat([torch.full_like(g, i) for i, (_, g) in enumerate(matches)]).to(fallback.device)
+    g = torch.cat([g for _, g in matches]).to(fallback.device)
+    p = torch.cat([p for p, _ in matches]).to(fallback.device)
+    assigned = fallback.clone()
+    assigned[b, g] = p
+    matched = torch.zeros_like(fallback, dtype=torch.bool)
+    matched[b, g] = True
+    return assigned, matched
 
 
 class DRMMObjective(nn.Module):
-    """Mixture NLL + ``beta`` x MCM for every stage; no matching, no Hungarian step.
+    """Mixture NLL + ``beta`` x MCM for every stage; the paper's objective needs no matching.
 
-    Returns ``{"nll.s": ..., "mcm.s": ...}`` per stage ``s`` (0-based); the ``mcm``
-    entries are already multiplied by ``beta`` so the total loss is the sum of the
-    values, as with torchvision's detection models. ``reduction="sum"`` sums over
-    all ground truths of the batch (released code); ``"mean"`` divides by their
-    number.
+    Returns ``{"nll.s": ..., "mcm.s": ...}`` per stage ``s`` (0-based), plus
+    ``"obj.s"`` with ``nll_mode="bipartite"``; the ``mcm`` entries are already
+    multiplied by ``beta`` so the total loss is the sum of the values, as with
+    torchvision's detection models. ``reduction="sum"`` sums over all ground truths
+    of the batch (released code); ``"mean"`` divides by their number. See the module
+    docstring for the ablation modes.
     """
 
     def __init__(
@@ -25,6 +66,8 @@ class DRMMObjective(nn.Module):
         coord_dist: str = "cauchy",
         stop_grad: tuple[str, ...] | list[str] = ("coord",),
         min_scale_ratio: float = 0.04,
+        nll_mode: str = "mixture",
+        mcm_mode: str = "max",
     ) -> None:
         super().__init__()
         if reduction not in ("sum", "mean"):
@@ -33,35 +76,91 @@ class DRMMObjective(nn.Module):
             raise ValueError(f"coord_dist must be one of {COORD_DISTS}, got {coord_dist!r}")
         if set(stop_grad) - STOP_GRAD_PARTS:
             raise ValueError(f"stop_grad must be a subset of {sorted(STOP_GRAD_PARTS)}, got {list(stop_grad)}")
+        if nll_mode not in NLL_MODES:
+            raise ValueError(f"nll_mode must be one of {NLL_MODES}, got {nll_mode!r}")
+        if mcm_mode not in MCM_MODES:
+            raise ValueError(f"mcm_mode must be one of {MCM_MODES}, got {mcm_mode!r}")
         self.beta = beta
         self.reduction = reduction
         self.coord_dist = coord_dist
         self.stop_grad = tuple(stop_grad)
         self.min_scale_ratio = min_scale_ratio
+        self.nll_mode = nll_mode
+        self.mcm_mode = mcm_mode
 
-    def per_stage(self, stages: list[StageOutput], targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """``(nll [B,G], mcm [B,G], valid [B,G])`` for every stage, unreduced."""
-        gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
-        out = []
-        for s in stages:
+    def stage_terms(
+        self, s: StageOutput, gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(nll [B,G], mcm [B,G], objectness BCE [B,K] or None)`` of one stage, unreduced, 0 on padding."""
+        if self.nll_mode == "mixture" and self.mcm_mode == "max":
             nll, mcm = mixture_losses(
                 s.boxes, s.raw_scale, s.objectness_logit, s.class_logits, gt_boxes, gt_labels, gt_valid,
                 min_scale_ratio=self.min_scale_ratio, coord_dist=self.coord_dist, stop_grad=self.stop_grad,
             )
-            out.append((nll, mcm, gt_valid))
-        return out
+            return nll, mcm, None
+        log_pi, log_coord, log_class = mixture_log_terms(
+            s.boxes, s.raw_scale, s.objectness_logit, s.class_logits, gt_boxes, gt_labels, gt_valid,
+            min_scale_ratio=self.min_scale_ratio, coord_dist=self.coord_dist,
+        )
+        log_comp = log_pi + log_coord + log_class  # [B, G, K]
+        sizes = gt_valid.sum(1).tolist()  # pad_targets puts each image's ground truths first
+        zero = log_comp.new_zeros(())
+        obj = None
+        if self.nll_mode == "mixture":
+            nll = -torch.logsumexp(log_comp, dim=-1)
+        elif self.nll_mode == "max":
+            nll = -log_comp.amax(dim=-1)
+        else:  # bipartite: pi-free likelihood on one-to-one matched pairs, objectness by BCE
+            log_lik = log_coord + log_class
+            matches = hungarian_match(-log_lik.transpose(1, 2), sizes, padded=True)
+            comp, matched = _assign(matches, torch.zeros_like(gt_labels))
+            nll = torch.where(matched, -log_lik.gather(-1, comp.unsqueeze(-1)).squeeze(-1), zero)
+            image = torch.arange(len(comp), device=comp.device)[:, None].expand_as(comp)
+            target = torch.zeros_like(log_pi[:, 0])  # [B, K]
+            target[image[matched], comp[matched]] = 1.0
+            obj = F.binary_cross_entropy_with_logits(s.objectness_logit.to(target.dtype), target, reduction="none")
 
-    def forward(self, stages: list[StageOutput], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        mixed = combine_log_terms(log_pi, log_coord, log_class, self.stop_grad)
+        if self.mcm_mode == "max":
+            top = mixed.amax(dim=-1)
+        else:  # bipartite: the component assigned by Hungarian matching on -log comp
+            matches = hungarian_match(-log_comp.transpose(1, 2), sizes, padded=True)
+            comp, _ = _assign(matches, log_comp.detach().argmax(-1))
+            top = mixed.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
+        mcm = torch.logsumexp(mixed, dim=-1) - top
+        return torch.where(gt_valid, nll, zero), torch.where(gt_valid, mcm, zero), obj
+
+    def per_stage(self, stages: list[StageOutput], targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        """``(nll [B,G], mcm [B,G], valid [B,G])`` for every stage, unreduced (MCM not multiplied by beta)."""
+        gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
+        return [(*self.stage_terms(s, gt_boxes, gt_labels, gt_valid)[:2], gt_valid) for s in stages]
+
+    def forward(
+        self,
+        stages: list[StageOutput],
+        targets: list[dict[str, Tensor]],
+        image_sizes: list[tuple[int, int]] | None = None,
+    ) -> dict[str, Tensor]:
+        """``image_sizes`` is accepted for a common objective signature and not used."""
+        gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
+        denom = gt_valid.sum().clamp(min=1) if self.reduction == "mean" else 1
         losses = {}
-        for i, (nll, mcm, valid) in enumerate(self.per_stage(stages, targets)):
-            denom = valid.sum().clamp(min=1) if self.reduction == "mean" else 1
+        for i, s in enumerate(stages):
+            nll, mcm, obj = self.stage_terms(s, gt_boxes, gt_labels, gt_valid)
             losses[f"nll.{i}"] = nll.sum() / denom
-            losses[f"mcm.{i}"] = self.beta * mcm.sum() / denom
+            losses[f"mcm.{i}"] = self.beta * mcm.sum() / denom if self.beta else nll.new_zeros(())
+            if obj is not None:
+                losses[f"obj.{i}"] = obj.sum() / denom
         return losses
 
 
 def build_objective(cfg) -> nn.Module:
-    """Objective from an :class:`~drmm.config.ObjectiveConfig`."""
+    """Objective from an :class:`~drmm.config.ObjectiveConfig`: ``drmm`` or ``hungarian``."""
     if cfg.name == "drmm":
-        return DRMMObjective(cfg.beta, cfg.reduction, cfg.coord_dist, tuple(cfg.stop_grad), cfg.min_scale_ratio)
-    raise ValueError(f"unknown objective {cfg.name!r}; available: 'drmm'")
+        return DRMMObjective(
+            cfg.beta, cfg.reduction, cfg.coord_dist, tuple(cfg.stop_grad), cfg.min_scale_ratio,
+            nll_mode=cfg.nll_mode, mcm_mode=cfg.mcm_mode,
+        )
+    if cfg.name == "hungarian":
+        return HungarianObjective(cfg.cls_weight, cfg.l1_weight, cfg.giou_weight, cfg.focal_alpha, cfg.focal_gamma)
+    raise ValueError(f"unknown objective {cfg.name!r}; available: 'drmm', 'hungarian'")

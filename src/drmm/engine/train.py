@@ -1,0 +1,407 @@
+"""Training loop: AdamW, warm-up + step schedule, clipping, AMP, DDP, exact resume.
+
+Reproducibility: data order comes from a generator seeded with (seed, epoch) and
+every sample's augmentation from a generator seeded with (seed, epoch, index), so a
+run is the same with any number of workers; checkpoints hold the model, optimizer,
+scheduler, scaler and RNG states plus the position in the epoch, so ``resume``
+continues exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..config import Config, save_config
+from ..data import CocoDetection, build_transforms, collate_fn
+from ..models import build_detector
+from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
+
+logger = logging.getLogger("drmm.train")
+
+
+@dataclass
+class DataPaths:
+    train_ann: Path
+    train_images: Path
+    val_ann: Path | None = None
+    val_images: Path | None = None
+
+    @classmethod
+    def from_dir(cls, root: str | os.PathLike) -> "DataPaths":
+        """``root/annotations/{train,val}.json`` with images in ``root/{train,val}/``."""
+        root = Path(root)
+        paths = cls(root / "annotations/train.json", root / "train", root / "annotations/val.json", root / "val")
+        if not paths.train_ann.is_file():
+            raise FileNotFoundError(f"{paths.train_ann} not found (expected DIR/annotations/train.json)")
+        if not paths.val_ann.is_file():
+            paths.val_ann = paths.val_images = None
+        return paths
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SeededSamples(Dataset):
+    """Runs each sample's augmentation under its own generator seeded by (seed, epoch, index)."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        s = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            return self.dataset[index]
+
+
+class EpochBatchSampler:
+    """Shuffled batches from a (seed, epoch) generator; rank r takes its slice of each global batch.
+
+    With ``world`` processes of ``batch_size`` each, the global batch ``i`` is the
+    same ``batch_size * world`` images a single process with that batch size would
+    use, so distributed and single-process runs see the same data.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.global_batch = batch_size * world
+        if n < self.global_batch:
+            raise ValueError(f"the training set has {n} images, fewer than one batch ({self.global_batch})")
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.n // self.global_batch - self.start
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        for i in range(self.start, self.n // self.global_batch):
+            chunk = order[i * self.global_batch : (i + 1) * self.global_batch]
+            yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, cfg, steps_per_epoch: int) -> float:
+    """Linear warm-up from ``warmup_factor`` then x ``lr_gamma`` at each step of ``lr_steps``."""
+    t = cfg.train
+    warm = 1.0
+    if step < t.warmup_iters:
+        a = step / t.warmup_iters
+        warm = t.warmup_factor * (1 - a) + a
+    scale = steps_per_epoch if t.lr_steps_unit == "epoch" else 1
+    passed = sum(step >= s * scale for s in t.lr_steps)
+    return warm * t.lr_gamma**passed
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed() -> tuple[int, int, torch.device | None]:
+    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank()
+    device = None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return rank, world, device
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def _plot_losses(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    rows = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if r.get("type") == "train"]
+    if not rows:
+        return
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["loss"] for r in rows], label="total")
+    stage_keys = sorted({k for r in rows for k in r if k.startswith(("nll.", "mcm."))})
+    last = [k for k in stage_keys if k.endswith(f".{max(int(k.split('.')[1]) for k in stage_keys)}")] if stage_keys else []
+    for k in last:
+        ax.plot(steps, [r.get(k, float("nan")) for r in rows], label=f"{k} (last stage)", alpha=0.7)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss per batch")
+    ax.set_yscale("symlog")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
+class Trainer:
+    """One training run in ``out_dir``; see :func:`train`."""
+
+    def __init__(self, cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: bool = False,
+                 device: str | None = None, progress: bool = True) -> None:
+        self.cfg, self.data, self.out = cfg, data, Path(out_dir)
+        self.progress = progress
+        self.rank, self.world, dist_device = init_distributed()
+        self.is_main = self.rank == 0
+        self.device = torch.device(device) if device else dist_device or torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        t = cfg.train
+        if t.threads and self.device.type == "cpu":
+            torch.set_num_threads(t.threads)
+
+        self.train_set = CocoDetection(data.train_ann, data.train_images, build_transforms(cfg.data, True),
+                                       skip_empty=cfg.data.skip_empty, skip_unreadable=cfg.data.skip_unreadable)
+        self.val_set = None
+        if data.val_ann is not None:
+            self.val_set = CocoDetection(data.val_ann, data.val_images, None, train=False,
+                                         skip_unreadable=cfg.data.skip_unreadable)
+            if self.val_set.cat_ids != self.train_set.cat_ids:
+                raise ValueError(f"{data.val_ann}: categories {self.val_set.cat_ids} differ from "
+                                 f"the training set's {self.train_set.cat_ids}")
+        if cfg.model.num_classes != self.train_set.num_classes:
+            logger.info("num_classes set to %d from %s", self.train_set.num_classes, data.train_ann)
+            cfg.model.num_classes = self.train_set.num_classes
+        cfg.class_names = list(self.train_set.class_names)
+
+        torch.manual_seed(t.seed)
+        self.model = build_detector(cfg).to(self.device)
+        if self.world > 1 and t.sync_bn:
+            if self.device.type == "cpu":
+                raise ValueError("train.sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.ddp = None
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        self.sampler = EpochBatchSampler(len(self.train_set), t.batch_size, t.seed, self.rank, self.world)
+        self.steps_per_epoch = self.train_set_batches = len(self.sampler)
+        self.total_steps = t.max_iters or t.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch))
+        self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
+        if self.amp_dtype is torch.float16 and self.device.type != "cuda":
+            raise ValueError("train.amp=fp16 needs a GPU; use bf16 or none on the CPU")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+
+        self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
+        self.best = -math.inf
+        self.history: list[dict[str, Any]] = []
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._resume()
+        if self.is_main:
+            save_config(cfg, self.out / "config.yaml")
+
+    # -- checkpoints
+    def _checkpoint(self, name: str, metrics: dict | None = None) -> None:
+        if not self.is_main:
+            return
+        ckpt = make_checkpoint(
+            self.model, self.cfg.to_dict(), self.train_set.class_names, self.train_set.cat_ids,
+            step=self.step, epoch=self.step // self.steps_per_epoch,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), rng=rng_state(), best_metric=self.best,
+            nonfinite=self.nonfinite, nonfinite_total=self.nonfinite_total, metrics=metrics or {},
+        )
+        atomic_save(ckpt, self.out / name)
+
+    def _resume(self) -> None:
+        from ..models import load_checkpoint
+
+        path = self.out / "last.pt"
+        ckpt = load_checkpoint(path, self.device)
+        if "optimizer" not in ckpt:
+            raise RuntimeError(f"{path} holds no training state; cannot resume from it")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        self.step, self.best = ckpt["step"], ckpt["best_metric"]
+        self.nonfinite, self.nonfinite_total = ckpt["nonfinite"], ckpt["nonfinite_total"]
+        logger.info("resumed from %s at iteration %d", path, self.step)
+
+    # -- logging
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.is_main:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _loader(self, epoch: int, start: int) -> DataLoader:
+        self.sampler.set_epoch(epoch, start)
+        samples = SeededSamples(self.train_set, self.cfg.train.seed)
+        samples.epoch = epoch
+        g = torch.Generator().manual_seed(self.cfg.train.seed)  # keeps the global RNG untouched
+        return DataLoader(samples, batch_sampler=self.sampler, collate_fn=collate_fn,
+                          num_workers=self.cfg.train.num_workers, generator=g,
+                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+
+    def _interval_due(self, interval: int, epoch_end: bool) -> bool:
+        t = self.cfg.train
+        if interval <= 0:
+            return False
+        if t.interval_unit == "iter":
+            return self.step % interval == 0
+        return epoch_end and (self.step // self.steps_per_epoch) % interval == 0
+
+    # -- one step
+    def train_step(self, images, targets) -> dict[str, float] | None:
+        model = self.ddp or self.model
+        images = [im.to(self.device, non_blocking=True) for im in images]
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if self.world > 1 and self.cfg.objective.reduction == "sum":
+            loss_for_grad = loss * self.world  # DDP averages gradients: undo it to get the global-batch sum
+        else:
+            loss_for_grad = loss
+        self.optimizer.zero_grad(set_to_none=True)
+        finite = torch.isfinite(loss.detach())
+        if self.world > 1:  # every rank must agree to skip, or DDP would hang
+            flag = finite.float().to(self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag > 0
+        grad_norm = float("nan")
+        if bool(finite):
+            self.scaler.scale(loss_for_grad).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm))
+            finite = math.isfinite(grad_norm)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            self.nonfinite_total += 1
+            logger.warning("non-finite loss or gradient at iteration %d: step skipped (%d in a row)",
+                           self.step, self.nonfinite)
+            if self.nonfinite >= self.cfg.train.max_consecutive_nonfinite:
+                raise RuntimeError(
+                    f"{self.nonfinite} non-finite losses in a row at iteration {self.step}: training stopped. "
+                    "Lower train.lr, check the data for broken boxes, or disable AMP.")
+            with warnings.catch_warnings():  # the schedule follows the iteration count, stepped or not
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()
+            return None
+        self.nonfinite = 0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        row = {k: float(v.detach()) for k, v in losses.items()}
+        row["loss"] = float(loss.detach())
+        row["grad_norm"] = grad_norm
+        return row
+
+    # -- evaluation
+    def evaluate(self) -> dict[str, float]:
+        from .coco_eval import coco_evaluate, to_coco_results
+        from .evaluate import run_inference
+
+        if self.val_set is None or not self.is_main:
+            return {}
+        self.model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            dets, image_ids, _ = run_inference(self.model, self.val_set, batch_size=self.cfg.train.batch_size,
+                                               device=self.device, progress=False)
+        self.model.train()
+        results = to_coco_results(dets, image_ids, self.val_set.cat_ids)
+        return coco_evaluate(self.val_set.coco, results, image_ids)
+
+    def _after_interval(self, epoch_end: bool) -> None:
+        t = self.cfg.train
+        if self._interval_due(t.eval_interval, epoch_end) and self.val_set is not None:
+            metrics = self.evaluate()
+            if self.is_main:
+                self._log({"type": "val", "step": self.step, **metrics})
+                msg = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("AP", "AP50", "AR100"))
+                tqdm.write(f"iteration {self.step}: {msg}")
+                if metrics.get("AP", -1) > self.best:
+                    self.best = metrics["AP"]
+                    self._checkpoint("best.pt", metrics)
+        if self._interval_due(t.checkpoint_interval, epoch_end):
+            self._checkpoint("last.pt")
+
+    def fit(self) -> dict[str, Any]:
+        t = self.cfg.train
+        self.model.train()
+        start_time = time.time()
+        deadline = start_time + t.time_limit_minutes * 60 if t.time_limit_minutes else None
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
+                   desc="train", dynamic_ncols=True)
+        stopped_early = False
+        while self.step < self.total_steps and not stopped_early:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            for images, targets in self._loader(epoch, in_epoch):
+                row = self.train_step(images, targets)
+                self.step += 1
+                bar.update(1)
+                if row is not None and (self.step % t.log_interval == 0 or self.step == 1):
+                    row.update(type="train", step=self.step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
+                               time=round(time.time() - start_time, 2))
+                    self._log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.2f}", lr=f"{row['lr']:.2e}")
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self.step >= self.total_steps:
+                    break
+                self._after_interval(epoch_end)
+                if deadline and time.time() > deadline:
+                    logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
+                    stopped_early = True
+                    break
+        bar.close()
+        # Final evaluation and checkpoint, whatever the intervals say.
+        metrics = self.evaluate() if self.val_set is not None else {}
+        if self.is_main:
+            if metrics:
+                self._log({"type": "val", "step": self.step, **metrics})
+                if metrics.get("AP", -1) > self.best:
+                    self.best = metrics["AP"]
+                    self._checkpoint("best.pt", metrics)
+            self._checkpoint("last.pt", metrics)
+            if (self.out / "log.jsonl").exists():
+                _plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+        return {"step": self.step, "metrics": metrics, "nonfinite_steps": self.nonfinite_total,
+                "seconds": time.time() - start_time}
+
+
+def train(cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: bool = False,
+          device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` on ``data`` into ``out_dir`` (config.yaml, log.jsonl, loss.png, last.pt, best.pt)."""
+    result = Trainer(cfg, data, out_dir, resume=resume, device=device, progress=progress).fit()
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    return result

@@ -1,0 +1,291 @@
+"""The Hungarian baseline objective, the D-RMM loss ablations and the top-k proposal ratio."""
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from scipy import special, stats
+from torchvision.ops import generalized_box_iou
+
+from drmm import build_detector
+from drmm.config import load_config
+from drmm.models.sparse_rcnn import clean_boxes
+from drmm.objectives import DRMMObjective, build_objective
+from drmm.objectives.hungarian import HungarianObjective, hungarian_match
+from drmm.structures import StageOutput
+
+ROOT = Path(__file__).resolve().parents[1]
+ALPHA, GAMMA = 0.25, 2.0
+
+
+# --- matcher ---------------------------------------------------------------------------
+
+def brute_force_total(cost: np.ndarray) -> float:
+    """Minimum total cost of a one-to-one assignment of a [K, G] matrix, by enumeration."""
+    K, G = cost.shape
+    if G == 0 or K == 0:
+        return 0.0
+    if G <= K:
+        return min(sum(cost[p[g], g] for g in range(G)) for p in itertools.permutations(range(K), G))
+    return min(sum(cost[k, p[k]] for k in range(K)) for p in itertools.permutations(range(G), K))
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 5])
+def test_matcher_matches_brute_force(K):
+    g = torch.Generator().manual_seed(K)
+    sizes = [0, K, 4, 1, 3, 2]  # G = 0, G = K and G on both sides of K
+    cost = torch.randn(len(sizes), K, sum(sizes), generator=g)
+    matches = hungarian_match(cost, sizes)
+    starts = np.cumsum([0] + sizes)
+    padded = torch.full((len(sizes), K, max(sizes)), 1e3)
+    for b, ((pred, gt), n) in enumerate(zip(matches, sizes)):
+        block = cost[b, :, starts[b] : starts[b] + n].numpy()
+        padded[b, :, :n] = torch.from_numpy(block)
+        assert len(pred) == len(gt) == min(K, n)
+        assert len(set(pred.tolist())) == len(pred) and len(set(gt.tolist())) == len(gt)
+        np.testing.assert_allclose(block[pred, gt].sum(), brute_force_total(block), rtol=1e-5, atol=1e-6)
+    for (p1, g1), (p2, g2) in zip(matches, hungarian_match(padded, sizes, padded=True)):
+        assert torch.equal(p1, p2) and torch.equal(g1, g2)
+
+
+# --- Hungarian objective ---------------------------------------------------------------
+
+def focal_by_hand(x: float, t: float) -> float:
+    p = 1 / (1 + math.exp(-x))
+    p_t = p if t else 1 - p
+    return (ALPHA if t else 1 - ALPHA) * (1 - p_t) ** GAMMA * -math.log(p_t)
+
+
+def test_hungarian_objective_hand_checked():
+    # Image 200 x 100 (w x h); one ground truth of class 1; proposal 1 is the close one.
+    gt = [20.0, 10.0, 60.0, 50.0]
+    boxes = torch.tensor([[[100.0, 50.0, 180.0, 90.0], [22.0, 12.0, 58.0, 52.0]]])
+    logits = torch.tensor([[[0.5, -0.5], [-1.0, 2.0]]])
+    stage = StageOutput(boxes, boxes, logits)
+    targets = [{"boxes": torch.tensor([gt]), "labels": torch.tensor([1])}]
+    out = HungarianObjective()([stage], targets, [(100, 200)])
+    assert sorted(out) == ["cls.0", "giou.0", "l1.0"]
+
+    focal = sum(focal_by_hand(x, t) for x, t in [(0.5, 0), (-0.5, 0), (-1.0, 0), (2.0, 1)])
+    l1 = 2 / 200 + 2 / 100 + 2 / 200 + 2 / 100
+    inter, union, hull = 36 * 38, 36 * 40 + 40 * 40 - 36 * 38, 40 * 42  # hull = [20, 10, 60, 52]
+    giou = inter / union - (hull - union) / hull
+    assert out["cls.0"].item() == pytest.approx(2 * focal, rel=1e-5)
+    assert out["l1.0"].item() == pytest.approx(5 * l1, rel=1e-5)
+    assert out["giou.0"].item() == pytest.approx(2 * (1 - giou), rel=1e-5)
+
+
+def test_hungarian_objective_without_ground_truth():
+    logits = torch.randn(2, 5, 3, requires_grad=True)
+    boxes = torch.tensor([10.0, 10.0, 40.0, 50.0]).repeat(2, 5, 1).requires_grad_(True)
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    out = HungarianObjective()([StageOutput(boxes, boxes, logits)], [empty, empty], [(60, 80), (60, 80)])
+    negatives = sum(focal_by_hand(x, 0) for x in logits.detach().flatten().tolist())
+    assert out["cls.0"].item() == pytest.approx(2 * negatives, rel=1e-5)  # divided by max(0, 1)
+    assert out["l1.0"].item() == 0 and out["giou.0"].item() == 0
+    sum(out.values()).backward()
+    assert torch.isfinite(logits.grad).all() and torch.isfinite(boxes.grad).all()
+    # One image with ground truths and one without: finite, the empty image's proposals are negatives.
+    full = {"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([2])}
+    out = HungarianObjective()([StageOutput(boxes, boxes, logits)], [full, empty], [(60, 80), (60, 80)])
+    assert all(torch.isfinite(v) for v in out.values()) and out["l1.0"] > 0
+
+
+def test_batched_cost_equals_per_image_loop():
+    g = torch.Generator().manual_seed(3)
+    B, K, C, sizes, hw = 3, 6, 4, [2, 0, 3], [(60, 80), (90, 50), (70, 70)]
+    xy = torch.rand(B, K, 2, generator=g) * 40
+    boxes = torch.cat([xy, xy + torch.rand(B, K, 2, generator=g) * 20 + 2], -1)
+    logits = torch.randn(B, K, C, generator=g)
+    targets = []
+    for n in sizes:
+        gxy = torch.rand(n, 2, generator=g) * 40
+        targets.append({"boxes": torch.cat([gxy, gxy + 10], -1), "labels": torch.randint(0, C, (n,), generator=g)})
+    obj = HungarianObjective()
+    image_wh = torch.tensor([[w, h, w, h] for h, w in hw], dtype=torch.float32)
+    labels = torch.cat([t["labels"] for t in targets])
+    gt = torch.cat([t["boxes"] for t in targets])
+    gt_wh = image_wh.repeat_interleave(torch.tensor(sizes), 0)
+    cost = obj.cost_matrix(StageOutput(boxes, boxes, logits), labels, gt, image_wh, gt_wh)
+    assert cost.shape == (B, K, sum(sizes))
+    start = 0
+    for b, t in enumerate(targets):
+        n, wh = len(t["labels"]), image_wh[b]
+        p = logits[b].sigmoid()[:, t["labels"]]  # the released form, with eps
+        focal = ALPHA * (1 - p) ** GAMMA * -(p + 1e-8).log() - (1 - ALPHA) * p**GAMMA * -(1 - p + 1e-8).log()
+        l1 = (boxes[b][:, None] / wh - t["boxes"][None] / wh).abs().sum(-1)
+        ref = 2 * focal + 5 * l1 - 2 * generalized_box_iou(boxes[b], t["boxes"])
+        torch.testing.assert_close(cost[b, :, start : start + n], ref, rtol=1e-5, atol=1e-5)
+        start += n
+
+
+# --- D-RMM ablations -------------------------------------------------------------------
+
+def scipy_terms(mu, raw, obj, cls, gt, labels, ratio=0.04):
+    """``log pi [K]`` and ``log F + log P [G, K]`` of one image with scipy.stats.cauchy, in float64."""
+    mu, raw, obj, cls, gt = (np.asarray(t, dtype=np.float64) for t in (mu, raw, obj, cls, gt))
+    o = special.expit(obj)
+    p = special.softmax(cls, -1)
+    wh = np.maximum(mu[:, 2:] - mu[:, :2], 1.0)
+    scale = np.maximum(np.logaddexp(0.0, raw), ratio * np.concatenate([wh, wh], -1))
+    lik = np.array([[stats.cauchy.logpdf(g, mu[k], scale[k]).sum() + np.log(p[k, c]) for k in range(len(mu))]
+                    for g, c in zip(gt, labels)])
+    return np.log(o / o.sum()), lik
+
+
+def case(mu, obj, gt, labels, C=3):
+    """A one-image stage (float64) and its targets; class logits favour each component's index mod C."""
+    mu = torch.tensor(mu, dtype=torch.float64)
+    K = len(mu)
+    raw = torch.full((K, 4), 2.0, dtype=torch.float64)
+    cls = torch.nn.functional.one_hot(torch.arange(K) % C, C).double() * 2.0
+    obj = torch.tensor(obj, dtype=torch.float64)
+    stage = StageOutput(mu[None], mu[None], cls[None], obj[None], raw[None])
+    targets = [{"boxes": torch.tensor(gt, dtype=torch.float64), "labels": torch.tensor(labels)}]
+    return stage, targets, scipy_terms(mu, raw, obj, cls, gt, labels)
+
+
+def best_assignment(score: np.ndarray) -> list[int]:
+    """Component of each ground truth maximising the total ``score [G, K]`` (G <= K), by enumeration."""
+    G, K = score.shape
+    return list(max(itertools.permutations(range(K), G), key=lambda p: sum(score[i, p[i]] for i in range(G))))
+
+
+def test_beta_zero_gives_nll_only():
+    stage, targets, _ = case([[10, 10, 50, 50], [60, 60, 90, 95]], [1.0, -1.0], [[12, 10, 50, 52]], [0])
+    out = DRMMObjective(beta=0.0)([stage, stage], targets)
+    ref = DRMMObjective(beta=0.5)([stage], targets)
+    assert out["mcm.0"].item() == 0 and out["mcm.1"].item() == 0
+    assert out["nll.0"].item() == ref["nll.0"].item()
+
+
+def test_mcm_bipartite_equals_max_when_separated_and_differs_otherwise():
+    # Separated: each ground truth's best component is its own, so matching = argmax.
+    mu = [[10, 10, 50, 50], [200, 200, 240, 240], [100, 20, 150, 60]]
+    stage, targets, (log_pi, lik) = case(mu, [0.5, 0.0, 0.3], [[11, 9, 52, 50], [98, 21, 149, 62]], [0, 2])
+    bip = DRMMObjective(mcm_mode="bipartite")([stage], targets)
+    ref = DRMMObjective(mcm_mode="max")([stage], targets)
+    assert bip["mcm.0"].item() == pytest.approx(ref["mcm.0"].item(), rel=1e-12)
+    assert bip["nll.0"].item() == ref["nll.0"].item()
+
+    # Two ground truths both best explained by component 0: matching sends one of them to component 1.
+    mu = [[12, 10, 52, 50], [100, 100, 140, 140]]
+    gt = [[10, 10, 50, 50], [14, 10, 54, 50]]
+    stage, targets, (log_pi, lik) = case(mu, [2.0, -2.0], gt, [0, 0])
+    log_comp = log_pi + lik
+    assert (log_comp.argmax(1) == 0).all()
+    assigned = best_assignment(log_comp)
+    assert sorted(assigned) == [0, 1]
+    lse = special.logsumexp(log_comp, axis=1)
+    expected = sum(lse[i] - log_comp[i, assigned[i]] for i in range(2))
+    bip = DRMMObjective(beta=1.0, mcm_mode="bipartite")([stage], targets)
+    mx = DRMMObjective(beta=1.0, mcm_mode="max")([stage], targets)
+    assert bip["mcm.0"].item() == pytest.approx(expected, rel=1e-9)
+    assert mx["mcm.0"].item() == pytest.approx(sum(lse - log_comp.max(1)), rel=1e-9)
+    assert bip["mcm.0"].item() > mx["mcm.0"].item() + 1
+
+
+def test_nll_max_is_minus_best_log_component():
+    stage, targets, (log_pi, lik) = case([[10, 10, 50, 50], [14, 12, 56, 50]], [0.2, 1.0], [[12, 10, 52, 50]], [1])
+    out = DRMMObjective(beta=0.0, nll_mode="max")([stage], targets)
+    assert out["nll.0"].item() == pytest.approx(-(log_pi + lik[0]).max(), rel=1e-10)
+    assert out["nll.0"].item() > DRMMObjective(beta=0.0)([stage], targets)["nll.0"].item()  # -max >= -logsumexp
+
+
+def test_nll_bipartite_hand_case():
+    mu = [[10, 10, 50, 50], [12, 11, 49, 52], [100, 20, 150, 60]]
+    obj = [0.5, -1.0, 0.3]
+    gt = [[11, 10, 50, 51], [101, 20, 150, 61]]
+    stage, targets, (log_pi, lik) = case(mu, obj, gt, [1, 2])
+    assigned = best_assignment(lik)  # pi-free likelihood: GT 0 -> component 1 (class 1), GT 1 -> component 2
+    assert assigned == [1, 2]
+    # A second image without ground truth: its components are all objectness negatives.
+    stage2 = StageOutput(*(torch.cat([t, t]) for t in (stage.proposals, stage.boxes, stage.class_logits,
+                                                          stage.objectness_logit, stage.raw_scale)))
+    empty = {"boxes": torch.zeros(0, 4, dtype=torch.float64), "labels": torch.zeros(0, dtype=torch.int64)}
+    out = DRMMObjective(beta=0.0, nll_mode="bipartite")([stage2], targets + [empty])
+    assert sorted(out) == ["mcm.0", "nll.0", "obj.0"]
+    assert out["nll.0"].item() == pytest.approx(-(lik[0, 1] + lik[1, 2]), rel=1e-10)
+    o = special.expit(np.array(obj))
+    bce = -np.log(1 - o[0]) - np.log(o[1]) - np.log(o[2])  # image 1: components 1, 2 matched
+    bce += -np.log(1 - o).sum()  # image 2: none matched
+    assert out["obj.0"].item() == pytest.approx(bce, rel=1e-10)
+
+
+def test_ablation_options_are_checked_and_built():
+    with pytest.raises(ValueError, match="nll_mode"):
+        DRMMObjective(nll_mode="nope")
+    with pytest.raises(ValueError, match="mcm_mode"):
+        DRMMObjective(mcm_mode="argmax")
+    cfg = load_config(ROOT / "configs/sparse_rcnn_r50.yaml")
+    assert (cfg.objective.name, cfg.model.proposal_init, cfg.train.lr, cfg.train.weight_decay) == (
+        "hungarian", "whole", 2.5e-5, 1e-4)
+    assert (cfg.train.lr_steps, cfg.train.epochs, cfg.model.num_proposals) == ([27, 33], 36, 300)
+    cfg.objective.l1_weight = 3.0
+    obj = build_objective(cfg.objective)
+    assert isinstance(obj, HungarianObjective) and obj.l1_weight == 3.0 and obj.cls_weight == 2.0
+    cfg.objective.name, cfg.objective.nll_mode = "drmm", "bipartite"
+    assert build_objective(cfg.objective).nll_mode == "bipartite"
+
+
+# --- tiny detectors --------------------------------------------------------------------
+
+def batch():
+    images = [torch.rand(3, 100, 120), torch.rand(3, 90, 70)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    return images, targets
+
+
+ABLATIONS = {
+    "hungarian": {"name": "hungarian"},
+    "nll_only": {"beta": 0.0},
+    "nll_max": {"nll_mode": "max", "beta": 0.0},
+    "nll_bipartite": {"nll_mode": "bipartite", "beta": 0.0},
+    "mcm_bipartite": {"mcm_mode": "bipartite"},
+}
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_tiny_detector_trains_and_evaluates(name):
+    cfg = tiny_config(topk_ratio=0.5) if name == "hungarian" else tiny_config()
+    for k, v in ABLATIONS[name].items():
+        setattr(cfg.objective, k, v)
+    model = build_detector(cfg).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    if name == "hungarian":
+        assert model.head == "box" and sorted(losses) == ["cls.0", "cls.1", "giou.0", "giou.1", "l1.0", "l1.1"]
+    model.eval()
+    with torch.inference_mode():
+        det = model(images)
+    for d in det:
+        assert ((d["scores"] >= 0) & (d["scores"] <= 1)).all()
+
+
+@pytest.mark.parametrize("objective", ["drmm", "hungarian"])
+def test_topk_ratio_shrinks_components_per_stage(objective):
+    cfg = tiny_config(num_stages=3, topk_ratio=0.5)
+    cfg.objective.name = objective
+    model = build_detector(cfg).eval()
+    images, _ = batch()
+    with torch.inference_mode():
+        _, stages = model(images, return_stages=True)
+    assert [s.boxes.shape[1] for s in stages] == [12, 6, 3]
+    assert [s.class_logits.shape[1] for s in stages] == [12, 6, 3]
+    # The kept proposals of stage 2 are stage 1's highest-scoring boxes.
+    score = stages[0].objectness_logit if objective == "drmm" else stages[0].class_logits.amax(-1)
+    top = score.topk(6, dim=1).indices[..., None].expand(-1, -1, 4)
+    sizes = model.transform(images)[1]
+    torch.testing.assert_close(stages[1].proposals, torch.gather(clean_boxes(stages[0].boxes, sizes), 1, top))
+    with pytest.raises(ValueError, match="topk_ratio"):
+        build_detector(tiny_config(topk_ratio=0.0))
