@@ -43,7 +43,9 @@ class ModelConfig:
     pooler_resolution: int = 7
     sampling_ratio: int = 2
     pooler: str = "torchvision"  # torchvision (MultiScaleRoIAlign) | grid (one grid_sample; faster on CPU)
-    delta_mode: str = "pixels"  # pixels (released) | proposal (deltas scaled by proposal w, h)
+    # pixels (released: mu = proposal + delta) | proposal (delta x proposal w, h)
+    # | relative (delta and the scale's softplus x proposal w, h)
+    delta_mode: str = "pixels"
     min_size: int = 800  # short side at test time (and training, when no list is given)
     max_size: int = 1333
     train_min_sizes: list[int] | None = None  # multi-scale short sides in training

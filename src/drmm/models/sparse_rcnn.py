@@ -91,6 +91,8 @@ class SparseRCNNStage(nn.Module):
         super().__init__()
         d = cfg.hidden_dim
         self.head = head
+        if cfg.delta_mode not in ("pixels", "proposal", "relative"):
+            raise ValueError(f"delta_mode must be pixels, proposal or relative, got {cfg.delta_mode!r}")
         self.delta_mode = cfg.delta_mode
         self.self_attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.norm1 = nn.LayerNorm(d)
@@ -123,11 +125,15 @@ class SparseRCNNStage(nn.Module):
         cls = self.cls_out(self.cls_tower(pro))
         reg = self.reg_out(self.reg_tower(pro))
         if self.head == "mixture":
-            delta = reg[..., :4]
-            if self.delta_mode == "proposal":
+            delta, raw_scale = reg[..., :4], reg[..., 4:]
+            if self.delta_mode in ("proposal", "relative"):
                 wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1.0)
-                delta = delta * torch.cat([wh, wh], dim=-1)
-            out = StageOutput(boxes, boxes + delta, cls[..., 1:], cls[..., 0], reg[..., 4:], pro)
+                whwh = torch.cat([wh, wh], dim=-1)
+                delta = delta * whwh
+                if self.delta_mode == "relative":  # softplus(raw_scale) = softplus(raw) * proposal size
+                    scale = (F.softplus(raw_scale) * whwh).clamp(min=1e-4)
+                    raw_scale = scale + torch.log(-torch.expm1(-scale))  # inverse softplus
+            out = StageOutput(boxes, boxes + delta, cls[..., 1:], cls[..., 0], raw_scale, pro)
         else:
             out = StageOutput(boxes, decode_deltas(reg, boxes), cls, features=pro)
         return out, pro

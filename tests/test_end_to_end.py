@@ -1,0 +1,63 @@
+"""A COCO-format dataset the project has never seen: odd category ids, crowd boxes,
+images without boxes -> `drmm train`, `drmm eval`, `drmm predict` keep the dataset's ids."""
+import json
+import shutil
+
+import pytest
+
+from conftest import tiny_config
+from drmm.cli import main
+from drmm.config import save_config
+from drmm.data import generate_synthetic
+
+
+@pytest.fixture(scope="module")
+def foreign(tmp_path_factory):
+    root = tmp_path_factory.mktemp("foreign")
+    generate_synthetic(root / "src", 10, 4, seed=1, image_size=64, progress=False)
+    ids = {1: 7, 2: 13, 3: 42, 4: 99, 5: 1000}  # non-contiguous, unsorted by name
+    for split in ("train", "val"):
+        d = json.loads((root / "src/annotations" / f"{split}.json").read_text())
+        for c in d["categories"]:
+            c["id"] = ids[c["id"]]
+        for a in d["annotations"]:
+            a["category_id"] = ids[a["category_id"]]
+        img0 = d["images"][0]["id"]
+        d["annotations"].append({"id": 10**6, "image_id": img0, "category_id": 42, "bbox": [0, 0, 30, 30],
+                                 "area": 900, "iscrowd": 1})  # a crowd region
+        empty = d["images"][-1]["id"]
+        d["annotations"] = [a for a in d["annotations"] if a["image_id"] != empty]  # an image without boxes
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(d))
+        shutil.copytree(root / "src" / split, root / split)
+    return root, set(ids.values())
+
+
+def test_train_eval_predict_keep_dataset_ids(foreign, tmp_path, capsys):
+    root, cat_ids = foreign
+    cfg = tiny_config(num_classes=2, min_size=64, max_size=64)  # num_classes follows the dataset
+    cfg.train.batch_size, cfg.train.max_iters, cfg.train.num_workers = 2, 3, 0
+    cfg.train.lr_steps, cfg.train.lr_steps_unit, cfg.train.eval_interval = [], "iter", 0
+    save_config(cfg, tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(root), "--out", str(run),
+                 "--no-progress"]) == 0
+    assert "AP50" in capsys.readouterr().out
+    assert main(["eval", "--weights", str(run / "last.pt"), "--data", str(root), "--out", str(tmp_path / "ev"),
+                 "--workers", "0"]) == 0
+    dets = json.loads((tmp_path / "ev" / "detections.json").read_text())
+    assert dets and {d["category_id"] for d in dets} <= cat_ids
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert 0 <= metrics["AP"] <= 1 and 0 <= metrics["ECE"] <= 1
+    assert main(["predict", "--weights", str(run / "last.pt"), str(root / "val"), "--out", str(tmp_path / "pr"),
+                 "--threshold", "0"]) == 0
+    pred = json.loads(next((tmp_path / "pr").glob("*.json")).read_text())
+    assert pred["labels"] and set(pred["labels"]) <= cat_ids
+    assert len(list((tmp_path / "pr").glob("*.png"))) == 4
+
+
+def test_train_cli_errors_name_the_problem(tmp_path, capsys):
+    assert main(["train", "--config", "nope.yaml", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert "--config is required" in capsys.readouterr().err
