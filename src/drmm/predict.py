@@ -69,6 +69,15 @@ def _out_stem(path: Path, used: set[str]) -> str:
     return stem
 
 
+def _enlarged(image: torch.Tensor, det: dict, min_side: int) -> tuple[torch.Tensor, dict]:
+    """Small images are drawn enlarged (integer factor, nearest neighbour) so labels stay legible."""
+    factor = -(-min_side // max(image.shape[-2:]))  # ceil
+    if factor <= 1:
+        return image, det
+    big = image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return big, {**det, "boxes": det["boxes"] * factor}
+
+
 def predict(
     weights: str | Path,
     inputs: list[str | Path],
@@ -77,8 +86,12 @@ def predict(
     device: str | torch.device = "cpu",
     recursive: bool = False,
     progress: bool = True,
+    min_side: int = 512,
 ) -> dict:
     """Detect objects in images and folders of images; see the module doc for the outputs.
+
+    PNGs of images smaller than ``min_side`` are drawn enlarged by an integer factor;
+    the JSON always holds original-image coordinates.
 
     An unreadable file is an error naming it when it is the only image; among several
     it is skipped with a warning and counted. Returns ``{"images": written,
@@ -118,7 +131,7 @@ def predict(
         keep = det["scores"] >= threshold
         boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep].tolist()
         stem = _out_stem(path, used)
-        drawn = draw_detections(image, det, names, threshold=threshold)
+        drawn = draw_detections(*_enlarged(image, det, min_side), names, threshold=threshold)
         save_image_png(drawn, out_dir / f"{stem}.png")
         record = {
             "image": str(path), "width": int(image.shape[2]), "height": int(image.shape[1]), "threshold": threshold,
