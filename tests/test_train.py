@@ -146,3 +146,26 @@ def test_ddp_two_gloo_processes_match_one_process(synth, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0.1 * one.train.lr, msg=k)
     diff = sum(((a[k] - b[k]).double() ** 2).sum() for k in a if a[k].is_floating_point()) ** 0.5
     assert diff < 1e-3
+
+
+def test_bf16_autocast_training_step_is_finite(synth, tmp_path):
+    result = train(small_cfg(max_iters=2, amp="bf16"), DataPaths.from_dir(synth), tmp_path / "bf16", progress=False)
+    assert result["nonfinite_steps"] == 0
+    rows = [json.loads(l) for l in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if r["type"] == "train")
+    with pytest.raises(ValueError, match="fp16 needs a GPU"):
+        Trainer(small_cfg(amp="fp16"), DataPaths.from_dir(synth), tmp_path / "fp16", device="cpu", progress=False)
+
+
+def test_demo_recipe_builds_and_steps():
+    from drmm.cli import packaged_config
+    from drmm.models import build_detector
+
+    cfg = load_config(packaged_config("demo_cpu.yaml"))
+    assert cfg.model.pooler == "grid" and cfg.model.delta_mode == "relative"
+    model = build_detector(cfg)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])}] * 2
+    loss = sum(model(images, targets).values())
+    loss.backward()
+    assert torch.isfinite(loss)
