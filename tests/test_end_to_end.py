@@ -9,6 +9,7 @@ from conftest import tiny_config
 from drmm.cli import main
 from drmm.config import save_config
 from drmm.data import generate_synthetic
+from drmm.models import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,9 @@ def test_train_eval_predict_keep_dataset_ids(foreign, tmp_path, capsys):
     assert main(["train", "--config", str(tmp_path / "cfg.yaml"), "--data", str(root), "--out", str(run),
                  "--no-progress"]) == 0
     assert "AP50" in capsys.readouterr().out
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["config"]["model"]["num_classes"] == 5  # followed the dataset, not the config's 2
+    assert ckpt["cat_ids"] == sorted(cat_ids)
     assert main(["eval", "--weights", str(run / "last.pt"), "--data", str(root), "--out", str(tmp_path / "ev"),
                  "--workers", "0"]) == 0
     dets = json.loads((tmp_path / "ev" / "detections.json").read_text())

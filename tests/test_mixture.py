@@ -160,3 +160,17 @@ def test_objective_reductions_and_stage_keys():
     mean = DRMMObjective(beta=0.7, reduction="mean")([stage], targets)
     np.testing.assert_allclose(mean["nll.0"].item(), ref_nll.sum() / n, rtol=1e-6)
     np.testing.assert_allclose(mean["mcm.0"].item(), 0.7 * ref_mcm.sum() / n, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_mcm_path_with_several_components(dtype):
+    mu, raw, obj, cls, gt, labels, valid = random_case(B=2, K=5, G=4, C=3, dtype=torch.float32, seed=9)
+    gt[0, 0] = torch.tensor([1e4, 1e4, 1.1e4, 1.1e4])  # far from every component
+    inputs = [t.to(dtype).requires_grad_(True) for t in (mu, raw, obj, cls)]
+    nll, mcm = mixture_losses(*inputs, gt.to(dtype), labels, valid, stop_grad=())
+    ref_nll, ref_mcm = mixture_losses(*(t.detach().float() for t in inputs), gt.to(dtype).float(), labels, valid,
+                                      stop_grad=())
+    torch.testing.assert_close(nll, ref_nll)  # computed in float32 internally
+    assert (mcm[valid] > 0).any()
+    for g in grads((nll + 0.5 * mcm).sum(), inputs):
+        assert g is not None and torch.isfinite(g).all()

@@ -190,3 +190,21 @@ def test_box_helpers():
     assert torch.allclose(decode_deltas(torch.zeros(1, 4), ref), ref)
     moved = decode_deltas(torch.tensor([[2.0, 0, 0, 0]]), ref)  # dx weight 2 -> one box width
     assert torch.allclose(moved, torch.tensor([[10.0, 0, 20, 20]]))
+
+
+def test_bad_labels_and_box_order_are_errors(tiny_cfg):
+    model = build_detector(tiny_cfg)  # 3 classes
+    img = [torch.rand(3, 50, 50)]
+    with pytest.raises(ValueError, match=r"labels'\] must be integers in 0..2"):
+        model(img, [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([3])}])
+    with pytest.raises(ValueError, match="must be integers"):
+        model(img, [{"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([-1])}])
+    with pytest.raises(ValueError, match="x2 < x1"):
+        model(img, [{"boxes": torch.tensor([[10.0, 0, 5, 10]]), "labels": torch.tensor([0])}])
+
+
+def test_heads_stay_fp32_under_bf16_autocast(tiny_cfg):
+    model = build_detector(tiny_cfg).eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        _, stages = model([torch.rand(3, 100, 120)], return_stages=True)
+    assert stages[-1].boxes.dtype == torch.float32 and stages[-1].raw_scale.dtype == torch.float32

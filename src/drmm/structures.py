@@ -37,7 +37,8 @@ def pad_targets(targets: list[dict[str, Tensor]], device: torch.device | None = 
     B = len(targets)
     G = max([1] + [len(t["boxes"]) for t in targets])
     device = device or (targets[0]["boxes"].device if targets else None)
-    boxes = torch.zeros(B, G, 4, device=device)
+    dtype = targets[0]["boxes"].dtype if targets and targets[0]["boxes"].is_floating_point() else torch.float32
+    boxes = torch.zeros(B, G, 4, device=device, dtype=dtype)
     labels = torch.zeros(B, G, dtype=torch.int64, device=device)
     valid = torch.zeros(B, G, dtype=torch.bool, device=device)
     for i, t in enumerate(targets):

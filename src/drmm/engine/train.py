@@ -8,6 +8,7 @@ continues exactly where the run stopped.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
@@ -125,7 +126,8 @@ def init_distributed() -> tuple[int, int, torch.device | None]:
         return 0, 1, None
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        # generous timeout: the other ranks wait while rank 0 runs validation
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
     rank = dist.get_rank()
     device = None
     if torch.cuda.is_available():
@@ -243,7 +245,7 @@ class Trainer:
         from ..models import load_checkpoint
 
         path = self.out / "last.pt"
-        ckpt = load_checkpoint(path, self.device)
+        ckpt = load_checkpoint(path, "cpu")  # RNG states must stay CPU tensors; load_state_dict moves the rest
         if "optimizer" not in ckpt:
             raise RuntimeError(f"{path} holds no training state; cannot resume from it")
         self.model.load_state_dict(ckpt["model"])
@@ -301,6 +303,12 @@ class Trainer:
             self.scaler.scale(loss_for_grad).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm))
+            if not math.isfinite(grad_norm) and self.scaler.is_enabled():
+                # fp16 overflow: the scaler skips this step and lowers its scale; not an error
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                return None
             finite = math.isfinite(grad_norm)
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
@@ -325,12 +333,23 @@ class Trainer:
         row["grad_norm"] = grad_norm
         return row
 
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank when it is true on any (so all ranks leave the loop together)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor(float(flag), device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t > 0)
+
     # -- evaluation
     def evaluate(self) -> dict[str, float]:
         from .coco_eval import coco_evaluate, to_coco_results
         from .evaluate import run_inference
 
-        if self.val_set is None or not self.is_main:
+        if self.val_set is None:
+            return {}
+        if not self.is_main:  # validation runs on rank 0; the others wait for it
+            dist.barrier()
             return {}
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -338,7 +357,10 @@ class Trainer:
                                                device=self.device, progress=False)
         self.model.train()
         results = to_coco_results(dets, image_ids, self.val_set.cat_ids)
-        return coco_evaluate(self.val_set.coco, results, image_ids)
+        metrics = coco_evaluate(self.val_set.coco, results, image_ids)
+        if self.world > 1:
+            dist.barrier()
+        return metrics
 
     def _after_interval(self, epoch_end: bool) -> None:
         t = self.cfg.train
@@ -377,7 +399,7 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 self._after_interval(epoch_end)
-                if deadline and time.time() > deadline:
+                if deadline and self._agree(time.time() > deadline):
                     logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
                     stopped_early = True
                     break

@@ -33,7 +33,7 @@ class Detector(nn.Module):
         self.cfg = cfg
         self.head = "mixture" if cfg.objective.name == "drmm" else "box"
         self.transform = ImageTransform(
-            m.min_size, m.max_size, m.pixel_mean, m.pixel_std, m.size_divisible, m.train_min_sizes
+            m.min_size, m.max_size, m.pixel_mean, m.pixel_std, m.size_divisible, m.train_min_sizes, m.num_classes
         )
         self.backbone = build_backbone(m)
         self.proposals = Proposals(m.num_proposals, m.hidden_dim, m.proposal_init, m.proposal_size)

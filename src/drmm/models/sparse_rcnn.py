@@ -122,8 +122,11 @@ class SparseRCNNStage(nn.Module):
         pro = self.norm2(pro + self.dropout(inst))
         pro = self.norm3(pro + self.dropout(self.ffn(pro)))
 
-        cls = self.cls_out(self.cls_tower(pro))
-        reg = self.reg_out(self.reg_tower(pro))
+        cls_feat, reg_feat = self.cls_tower(pro), self.reg_tower(pro)
+        with torch.autocast(pro.device.type, enabled=False):  # pixel deltas need fp32 (bf16: ~1 px steps)
+            cls = self.cls_out(cls_feat.float())
+            reg = self.reg_out(reg_feat.float())
+            boxes = boxes.float()
         if self.head == "mixture":
             delta, raw_scale = reg[..., :4], reg[..., 4:]
             if self.delta_mode in ("proposal", "relative"):

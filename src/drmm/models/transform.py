@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def check_inputs(images: list[Tensor], targets: list[dict[str, Tensor]] | None) -> None:
+def check_inputs(images: list[Tensor], targets: list[dict[str, Tensor]] | None, num_classes: int | None = None) -> None:
     """Clear errors for malformed inputs instead of shape errors deep inside the model."""
     if not isinstance(images, (list, tuple)) or not images:
         raise TypeError("images must be a non-empty list of Tensor[3, H, W]")
@@ -39,6 +39,13 @@ def check_inputs(images: list[Tensor], targets: list[dict[str, Tensor]] | None) 
             raise ValueError(f"targets[{i}]: {len(b)} boxes but {len(t['labels'])} labels")
         if b.numel() and not torch.isfinite(b).all():
             raise ValueError(f"targets[{i}]['boxes'] contains NaN or inf")
+        if b.numel() and ((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])).any():
+            raise ValueError(f"targets[{i}]['boxes'] has boxes with x2 < x1 or y2 < y1 (expected xyxy)")
+        labels = t["labels"]
+        if labels.numel() and (labels.is_floating_point() or labels.min() < 0 or
+                               (num_classes is not None and labels.max() >= num_classes)):
+            raise ValueError(f"targets[{i}]['labels'] must be integers in 0..{(num_classes or 0) - 1}, "
+                             f"got {labels.tolist()[:10]}")
 
 
 class ImageTransform(nn.Module):
@@ -50,12 +57,14 @@ class ImageTransform(nn.Module):
         pixel_std: list[float],
         size_divisible: int = 32,
         train_min_sizes: list[int] | None = None,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         self.min_size = min_size
         self.max_size = max_size
         self.train_min_sizes = list(train_min_sizes) if train_min_sizes else None
         self.size_divisible = size_divisible
+        self.num_classes = num_classes
         self.register_buffer("mean", torch.tensor(pixel_mean).view(3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pixel_std).view(3, 1, 1), persistent=False)
 
@@ -82,7 +91,7 @@ class ImageTransform(nn.Module):
         self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> tuple[Tensor, list[tuple[int, int]], list[dict[str, Tensor]] | None]:
         """Returns the padded batch ``[B,3,H,W]``, each image's resized ``(h, w)``, resized targets."""
-        check_inputs(images, targets)
+        check_inputs(images, targets, self.num_classes)
         out_imgs, out_tgts = [], []
         for i, img in enumerate(images):
             img, tgt = self.resize(img, targets[i] if targets is not None else None)

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..mixture import COORD_DISTS, STOP_GRAD_PARTS, combine_log_terms, mixture_log_terms, mixture_losses
 from ..structures import StageOutput, pad_targets
-from .hungarian import HungarianObjective, hungarian_match
+from .hungarian import HungarianObjective, _num_boxes, hungarian_match
 
 NLL_MODES = ("mixture", "max", "bipartite")
 MCM_MODES = ("max", "bipartite")
@@ -143,7 +143,8 @@ class DRMMObjective(nn.Module):
     ) -> dict[str, Tensor]:
         """``image_sizes`` is accepted for a common objective signature and not used."""
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
-        denom = gt_valid.sum().clamp(min=1) if self.reduction == "mean" else 1
+        # mean: per ground truth of the whole (possibly distributed) batch
+        denom = _num_boxes(int(gt_valid.sum()), gt_valid.device) if self.reduction == "mean" else 1
         losses = {}
         for i, s in enumerate(stages):
             nll, mcm, obj = self.stage_terms(s, gt_boxes, gt_labels, gt_valid)
