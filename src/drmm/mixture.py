@@ -32,12 +32,8 @@ def coord_log_prob(x: Tensor, loc: Tensor, scale: Tensor, dist: str = "cauchy") 
     """Elementwise log-density of ``x`` under a 1-D location-scale distribution."""
     z = (x - loc) / scale
     if dist == "cauchy":
-        # log1p(z^2) without overflow: for |z| > 1 use 2 log|z| + log1p(1/z^2).
-        a = z.abs()
-        big = a > 1
-        safe = torch.where(big, a, torch.ones_like(a))
-        log1p_z2 = torch.where(big, 2 * safe.log() + torch.log1p(safe.pow(-2)), torch.log1p(z * z))
-        return -_LOG_PI - scale.log() - log1p_z2
+        # log1p(z^2) = 2 log hypot(1, z): no overflow of z^2 for huge |z|, one fused op.
+        return -_LOG_PI - scale.log() - 2 * torch.hypot(z, torch.ones((), dtype=z.dtype, device=z.device)).log()
     if dist == "gaussian":
         return -_HALF_LOG_2PI - scale.log() - 0.5 * z * z
     if dist == "laplace":
@@ -166,19 +162,28 @@ def mixture_losses(
         float32.
     """
     _check_options(coord_dist, stop_grad)
-    gt_valid = gt_valid.bool()
-    log_pi, log_coord, log_class = mixture_log_terms(
-        mu, raw_scale, objectness_logit, class_logits, gt_boxes, gt_labels, gt_valid,
-        min_scale_ratio=min_scale_ratio, coord_dist=coord_dist,
+    dtype = torch.float64 if mu.dtype == torch.float64 else torch.float32
+    mu, raw_scale, objectness_logit, class_logits = (
+        t.to(dtype) for t in (mu, raw_scale, objectness_logit, class_logits)
     )
-    log_comp = log_pi + log_coord + log_class  # [B, G, K]
+    # Pack the valid ground truths of the batch (no padding work, no loop over images):
+    # ground truth n of image img[n] meets the K components of that image.
+    img, slot = gt_valid.bool().nonzero(as_tuple=True)
+    boxes, labels = gt_boxes[img, slot].to(dtype), gt_labels[img, slot]
+    scale = mixture_scale(mu, raw_scale, min_scale_ratio)
+    log_o = F.logsigmoid(objectness_logit)  # [B, K]
+    log_pi = (log_o - torch.logsumexp(log_o, dim=-1, keepdim=True))[img]  # [N, K]
+    log_coord = coord_log_prob(boxes[:, None], mu[img], scale[img], coord_dist).sum(-1)  # [N, K]
+    log_class = F.log_softmax(class_logits, dim=-1)[img, :, labels]  # [N, K]
+    log_comp = log_pi + log_coord + log_class
     nll = -torch.logsumexp(log_comp, dim=-1)
     if stop_grad:
         log_comp = combine_log_terms(log_pi, log_coord, log_class, stop_grad)
     mcm = torch.logsumexp(log_comp, dim=-1) - log_comp.amax(dim=-1)
 
-    zero = torch.zeros((), dtype=nll.dtype, device=nll.device)
-    return torch.where(gt_valid, nll, zero), torch.where(gt_valid, mcm, zero)
+    out_nll = nll.new_zeros(gt_valid.shape).index_put((img, slot), nll)
+    out_mcm = mcm.new_zeros(gt_valid.shape).index_put((img, slot), mcm)
+    return out_nll, out_mcm
 
 
 def mixture_probabilities(
