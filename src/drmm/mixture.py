@@ -172,9 +172,14 @@ def mixture_losses(
     boxes, labels = gt_boxes[img, slot].to(dtype), gt_labels[img, slot]
     scale = mixture_scale(mu, raw_scale, min_scale_ratio)
     log_o = F.logsigmoid(objectness_logit)  # [B, K]
-    log_pi = (log_o - torch.logsumexp(log_o, dim=-1, keepdim=True))[img]  # [N, K]
-    log_coord = coord_log_prob(boxes[:, None], mu[img], scale[img], coord_dist).sum(-1)  # [N, K]
-    log_class = F.log_softmax(class_logits, dim=-1)[img, :, labels]  # [N, K]
+    # index_select (backward: index_add) rather than advanced indexing (backward: a slow index_put)
+    log_pi = (log_o - torch.logsumexp(log_o, dim=-1, keepdim=True)).index_select(0, img)  # [N, K]
+    mu_n, scale_n = mu.index_select(0, img), scale.index_select(0, img)  # [N, K, 4]
+    log_coord = coord_log_prob(boxes[:, None], mu_n, scale_n, coord_dist).sum(-1)  # [N, K]
+    # log p_k[c] of each ground truth's class c for the K components of its image
+    B, K, C = class_logits.shape
+    flat = (img * (K * C) + labels)[:, None] + torch.arange(K, device=img.device) * C  # [N, K]
+    log_class = F.log_softmax(class_logits, dim=-1).reshape(-1).index_select(0, flat.reshape(-1)).view(-1, K)
     log_comp = log_pi + log_coord + log_class
     nll = -torch.logsumexp(log_comp, dim=-1)
     if stop_grad:
