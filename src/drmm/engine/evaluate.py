@@ -129,17 +129,12 @@ def run_inference(
 
 
 def _kept_mixture(net: nn.Module, stage, dets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
-    """p and o of the (component, class) pairs the model kept, by redoing its top-k."""
-    scores = net.scores(stage)
-    B, K, C = scores.shape
-    idx = scores.flatten(1).topk(min(net.detections_per_image, K * C), dim=1).indices
+    """p and o of the (component, class) pairs the model kept (the same ``Detector.top_pairs``)."""
+    _, comp, cls = net.top_pairs(stage)
     params = net.mixture_parameters(stage)
     ps, os_ = [], []
-    for i in range(B):
-        k, c = idx[i] // C, idx[i] % C
-        if not torch.equal(c.cpu(), dets[i]["labels"].cpu()):
-            raise RuntimeError("cannot recover the kept (component, class) pairs: Detector.postprocess no "
-                               "longer keeps the top-k of Detector.scores")
+    for i in range(len(dets)):
+        k, c = comp[i], cls[i]
         ps.append(params["class_prob"][i, k, c].float().cpu())
         os_.append(params["objectness"][i, k].float().cpu())
     return ps, os_

@@ -87,25 +87,25 @@ class Detector(nn.Module):
             stage.boxes, stage.raw_scale, stage.objectness_logit, stage.class_logits, self.cfg.objective.min_scale_ratio
         )
 
+    def top_pairs(self, stage: StageOutput) -> tuple[Tensor, Tensor, Tensor]:
+        """Top-``detections_per_image`` (component, class) pairs per image: ``(scores, k, c)``, each ``[B, top]``."""
+        scores = self.scores(stage)
+        B, K, C = scores.shape
+        values, idx = scores.flatten(1).topk(min(self.detections_per_image, K * C), dim=1)
+        return values, idx // C, idx % C
+
     @torch.no_grad()
     def postprocess(
         self, stage: StageOutput, sizes: list[tuple[int, int]], original_sizes: list[tuple[int, int]]
     ) -> list[dict[str, Tensor]]:
         """Top-``detections_per_image`` (component, class) pairs per image, no NMS."""
-        scores = self.scores(stage)
-        B, K, C = scores.shape
+        values, comp, cls = self.top_pairs(stage)
         boxes = clean_boxes(stage.boxes.float(), sizes)
-        top = min(self.detections_per_image, K * C)
-        values, idx = scores.flatten(1).topk(top, dim=1)
-        results = []
-        for i in range(B):
-            k, c = idx[i] // C, idx[i] % C
-            results.append({
-                "boxes": boxes_to_original(boxes[i, k], sizes[i], original_sizes[i]),
-                "scores": values[i],
-                "labels": c,
-            })
-        return results
+        return [
+            {"boxes": boxes_to_original(boxes[i, comp[i]], sizes[i], original_sizes[i]),
+             "scores": values[i], "labels": cls[i]}
+            for i in range(len(sizes))
+        ]
 
 
 def build_detector(cfg: Config | None = None) -> Detector:
