@@ -5,6 +5,8 @@ import argparse
 import logging
 import sys
 
+import torch
+
 from .config import load_config
 
 
@@ -19,11 +21,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     cfg.model.pretrained = None  # counting parameters needs no weights
-    model = build_detector(cfg)
+    with torch.device("meta"):  # shapes only: instant and no memory, even for 135M parameters
+        model = build_detector(cfg)
     total, trainable = count_parameters(model)
     m = cfg.model
     print(f"config: {args.config}")
-    print(f"architecture: {m.architecture} ({m.num_stages} stages), backbone: {m.backbone} + FPN ({m.fpn_channels} ch)")
+    print(f"architecture: {m.architecture} ({m.num_stages} stages), backbone: {m.backbone} + "
+          f"{model.backbone.neck_name} ({m.fpn_channels} ch)")
     print(f"objective: {cfg.objective.name}")
     print(f"proposals: {m.num_proposals} ({m.proposal_init} init)")
     print(f"stages: {m.num_stages}")

@@ -21,8 +21,9 @@ import yaml
 class ModelConfig:
     """Architecture: backbone, proposals, decoder stages and input handling."""
 
-    architecture: str = "sparse_rcnn"
-    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | tiny
+    architecture: str = "sparse_rcnn"  # sparse_rcnn | adamixer
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101 | swin_t | tiny
+    neck: str | None = None  # fpn | channel_mapper; None: the architecture's own (Sparse R-CNN fpn, AdaMixer channel_mapper)
     pretrained: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
     trainable_layers: int = 3  # ResNet stages trained (of layer1..layer4); 3 = stem + layer1 frozen
     tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
@@ -40,6 +41,10 @@ class ModelConfig:
     dropout: float = 0.0
     num_cls_layers: int = 1
     num_reg_layers: int = 3
+    # AdaMixer: sampling groups (each reads fpn_channels / groups channels), points per group, mixing out points
+    sampling_groups: int = 4
+    sampling_points: int = 32
+    mixing_out_points: int = 128
     pooler_resolution: int = 7
     sampling_ratio: int = 2
     pooler: str = "torchvision"  # torchvision (MultiScaleRoIAlign) | grid (one grid_sample; faster on CPU)

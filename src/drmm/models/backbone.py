@@ -1,23 +1,32 @@
-"""Backbones + FPN returning P2-P5 (strides 4, 8, 16, 32).
+"""Backbones + necks returning P2-P5 (strides 4, 8, 16, 32).
 
-ResNets come from torchvision with frozen BatchNorm; ImageNet weights load only
-from a local file (``pretrained: path``), never from the network. ``tiny`` is a
-small plain CNN for CPU work and tests.
+Bodies: torchvision ResNets with frozen BatchNorm, torchvision's Swin-T (``swin_t``)
+and ``tiny``, a small plain CNN for CPU work and tests. ImageNet weights load only
+from a local file (``pretrained: path``), never from the network.
+
+Necks: ``fpn`` (torchvision's FeaturePyramidNetwork, Sparse R-CNN) or
+``channel_mapper`` (AdaMixer: a 1 x 1 conv per level and one shared GroupNorm, no
+top-down path). ``model.neck: null`` picks the architecture's own.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
+from torchvision.models import resnet, swin_t
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 RESNETS = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}
+SWIN_T_CHANNELS = [96, 192, 384, 768]
+BACKBONES = sorted(RESNETS) + ["swin_t", "tiny"]
+NECKS = ("fpn", "channel_mapper")
 LEVELS = ("p2", "p3", "p4", "p5")
+STRIDES = (4, 8, 16, 32)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -91,29 +100,91 @@ class TinyBody(nn.Module):
         return out
 
 
-class BackboneFPN(nn.Module):
-    """Body (C2-C5) + torchvision FeaturePyramidNetwork -> ``{"p2".."p5"}``."""
+class SwinBody(nn.Module):
+    """torchvision's Swin-T as a detection body: C2-C5 (96-768 channels), each after a new LayerNorm.
 
-    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int) -> None:
+    All of it trains (as in the Swin detection recipes); ``trainable_layers`` applies
+    to ResNets only. ``pretrained``: a torchvision ``swin_t`` ImageNet state dict
+    (its classifier ``head`` and final ``norm`` are not used).
+    """
+
+    def __init__(self, pretrained: str | None = None) -> None:
         super().__init__()
-        self.body = body
-        self.fpn = FeaturePyramidNetwork(in_channels, out_channels)
-        self.out_channels = out_channels
-        self.strides = (4, 8, 16, 32)
+        net = swin_t(weights=None)
+        if pretrained:
+            state = {k: v for k, v in load_state_dict_file(pretrained).items() if not k.startswith(("head.", "norm."))}
+            try:
+                missing, unexpected = net.features.load_state_dict(
+                    {k.removeprefix("features."): v for k, v in state.items()}, strict=False
+                )
+            except RuntimeError as e:
+                raise RuntimeError(f"{pretrained}: not a torchvision swin_t checkpoint: {e}") from e
+            if missing or unexpected:
+                raise RuntimeError(
+                    f"{pretrained}: not a torchvision swin_t checkpoint "
+                    f"(missing {missing[:5]}..., unexpected {unexpected[:5]}...)"
+                )
+        self.features = net.features  # 0: patch embed, 1/3/5/7: stages, 2/4/6: patch merging
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in SWIN_T_CHANNELS)
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
-        feats = self.fpn(self.body(x))
+        out = OrderedDict()
+        for i, layer in enumerate(self.features):
+            x = layer(x)  # channels last: [B, H, W, C]
+            if i % 2 == 1:
+                level = i // 2
+                out[f"c{level + 2}"] = self.norms[level](x).permute(0, 3, 1, 2).contiguous()
+        return out
+
+
+class ChannelMapper(nn.Module):
+    """AdaMixer's neck: a 1 x 1 conv maps each of C2-C5 to ``out_channels``, then one shared GroupNorm(32)."""
+
+    def __init__(self, in_channels: list[int], out_channels: int, groups: int = 32) -> None:
+        super().__init__()
+        if out_channels % groups:
+            groups = math.gcd(out_channels, groups)  # small CPU widths: as many groups as divide the width
+        self.convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1, bias=False) for c in in_channels)
+        self.norm = nn.GroupNorm(groups, out_channels)
+
+    def forward(self, feats: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
+        return OrderedDict((name, self.norm(conv(f))) for (name, f), conv in zip(feats.items(), self.convs))
+
+
+class Backbone(nn.Module):
+    """Body (C2-C5) + neck -> ``{"p2".."p5"}`` with ``out_channels`` each."""
+
+    def __init__(self, body: nn.Module, in_channels: list[int], out_channels: int, neck: str = "fpn") -> None:
+        super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"unknown neck {neck!r}; available: {', '.join(NECKS)}")
+        self.body = body
+        self.neck_name = neck
+        self.neck = FeaturePyramidNetwork(in_channels, out_channels) if neck == "fpn" else ChannelMapper(
+            in_channels, out_channels)
+        self.out_channels = out_channels
+        self.strides = STRIDES
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        feats = self.neck(self.body(x))
         return OrderedDict(zip(LEVELS, feats.values()))
 
 
-def build_backbone(cfg) -> BackboneFPN:
-    """Backbone + FPN from a :class:`~drmm.config.ModelConfig`."""
+def default_neck(architecture: str) -> str:
+    """The neck an architecture was published with: FPN (Sparse R-CNN) or the channel mapper (AdaMixer)."""
+    return "channel_mapper" if architecture == "adamixer" else "fpn"
+
+
+def build_backbone(cfg) -> Backbone:
+    """Body + neck from a :class:`~drmm.config.ModelConfig`."""
     if cfg.backbone in RESNETS:
         body, channels = _resnet_body(cfg.backbone, cfg.pretrained, cfg.trainable_layers)
+    elif cfg.backbone == "swin_t":
+        body, channels = SwinBody(cfg.pretrained), list(SWIN_T_CHANNELS)
     elif cfg.backbone == "tiny":
         if cfg.pretrained:
             raise ValueError("the tiny backbone has no pretrained weights; unset model.pretrained")
         body, channels = TinyBody(list(cfg.tiny_widths)), list(cfg.tiny_widths)
     else:
-        raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {sorted(RESNETS) + ['tiny']}")
-    return BackboneFPN(body, channels, cfg.fpn_channels)
+        raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {BACKBONES}")
+    return Backbone(body, channels, cfg.fpn_channels, cfg.neck or default_neck(cfg.architecture))

@@ -1,4 +1,7 @@
-"""The detector: transform -> backbone + FPN -> proposals -> decoder -> objective | postprocess.
+"""The detector: transform -> backbone + neck -> proposals -> decoder -> objective | postprocess.
+
+Decoders: Sparse R-CNN (``model.architecture: sparse_rcnn``) or AdaMixer
+(``adamixer``); either trains with either objective (``objective.name``).
 
 Public API in the style of torchvision's detection models::
 
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 from ..config import Config
 from ..objectives import build_objective
 from ..structures import StageOutput
+from .adamixer import AdaMixerDecoder
 from .backbone import build_backbone
 from .proposals import Proposals
 from .sparse_rcnn import SparseRCNNDecoder, clean_boxes
@@ -37,9 +41,13 @@ class Detector(nn.Module):
         )
         self.backbone = build_backbone(m)
         self.proposals = Proposals(m.num_proposals, m.hidden_dim, m.proposal_init, m.proposal_size)
-        if m.architecture != "sparse_rcnn":
-            raise ValueError(f"unknown architecture {m.architecture!r}; available: 'sparse_rcnn'")
-        self.decoder = SparseRCNNDecoder(m, self.head)
+        if m.architecture == "sparse_rcnn":
+            self.decoder = SparseRCNNDecoder(m, self.head)
+        elif m.architecture == "adamixer":
+            self.decoder = AdaMixerDecoder(m, self.head)
+            self.proposals.boxes.weight.requires_grad_(False)  # AdaMixer's initial query boxes are not learned
+        else:
+            raise ValueError(f"unknown architecture {m.architecture!r}; available: 'sparse_rcnn', 'adamixer'")
         self.objective = build_objective(cfg.objective)
         self.detections_per_image = m.detections_per_image
 

@@ -40,6 +40,12 @@ def decode_deltas(deltas: Tensor, boxes: Tensor, weights: tuple[float, ...] = (2
     return torch.cat([ctr - 0.5 * size, ctr + 0.5 * size], dim=-1)
 
 
+def relative_raw_scale(raw: Tensor, whwh: Tensor) -> Tensor:
+    """Raw scales whose softplus is ``softplus(raw) * whwh``: Cauchy scales relative to a box's size."""
+    scale = (F.softplus(raw) * whwh).clamp(min=1e-4)
+    return scale + torch.log(-torch.expm1(-scale))  # inverse softplus
+
+
 def clean_boxes(boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
     """Reorder corners, clip to each image and keep sides >= 1 px (proposals for the next stage)."""
     wh = torch.tensor([[w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)[:, None]
@@ -133,9 +139,8 @@ class SparseRCNNStage(nn.Module):
                 wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1.0)
                 whwh = torch.cat([wh, wh], dim=-1)
                 delta = delta * whwh
-                if self.delta_mode == "relative":  # softplus(raw_scale) = softplus(raw) * proposal size
-                    scale = (F.softplus(raw_scale) * whwh).clamp(min=1e-4)
-                    raw_scale = scale + torch.log(-torch.expm1(-scale))  # inverse softplus
+                if self.delta_mode == "relative":
+                    raw_scale = relative_raw_scale(raw_scale, whwh)
             out = StageOutput(boxes, boxes + delta, cls[..., 1:], cls[..., 0], raw_scale, pro)
         else:
             out = StageOutput(boxes, decode_deltas(reg, boxes), cls, features=pro)

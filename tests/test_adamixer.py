@@ -1,0 +1,290 @@
+"""AdaMixer decoder and Swin-T backbone: maths against hand computations, every combination trains and infers."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from conftest import tiny_config
+
+from drmm import build_detector
+from drmm.config import Config, load_config
+from drmm.models import count_parameters
+from drmm.models.adamixer import (
+    AdaptiveMixing,
+    box_iof,
+    iof_attention_bias,
+    position_embedding,
+    sample_3d,
+    update_xyzr,
+    xyxy_to_xyzr,
+    xyzr_to_xyxy,
+)
+from drmm.models.backbone import ChannelMapper, SwinBody
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def adamixer_config(**model) -> Config:
+    fields = dict(architecture="adamixer", num_reg_layers=1, sampling_groups=4, sampling_points=4,
+                  mixing_out_points=8, delta_mode="relative", proposal_init="whole")
+    return tiny_config(**{**fields, **model})
+
+
+def batch():
+    images = [torch.rand(3, 100, 120), torch.rand(3, 90, 70)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    return images, targets
+
+
+# ----------------------------------------------------------------------------- maths
+
+
+def test_xyzr_roundtrip_and_update():
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 40.0], [0.0, 0.0, 8.0, 32.0]])
+    xyzr = xyxy_to_xyzr(boxes)
+    # (30, 30), w 40 h 20: z = log2(sqrt(800)), r = log2(20 / 40) = -1
+    torch.testing.assert_close(xyzr[0], torch.tensor([30.0, 30.0, 0.5 * math.log2(800.0), -1.0]))
+    torch.testing.assert_close(xyzr[1], torch.tensor([4.0, 16.0, 4.0, 2.0]))  # sqrt(8*32) = 16, 32 / 8 = 4
+    torch.testing.assert_close(xyzr_to_xyxy(xyzr), boxes)
+    # x, y move by delta * 2^z (z = 4: 16 px); z + 1 doubles both sides, r + 2 makes h / w 4x larger.
+    new = update_xyzr(xyzr[1:], torch.tensor([[0.5, -0.25, 1.0, 2.0]]))
+    torch.testing.assert_close(new, torch.tensor([[12.0, 12.0, 5.0, 4.0]]))
+    w, h = 2.0 ** (5 - 2), 2.0 ** (5 + 2)
+    torch.testing.assert_close(xyzr_to_xyxy(new), torch.tensor([[12 - w / 2, 12 - h / 2, 12 + w / 2, 12 + h / 2]]))
+
+
+def test_iof_on_hand_built_boxes():
+    boxes = torch.tensor([[[0.0, 0.0, 10.0, 10.0],  # area 100
+                           [5.0, 5.0, 25.0, 15.0],  # area 200, overlaps box 0 on 5 x 5 = 25
+                           [0.0, 0.0, 5.0, 5.0],  # inside box 0
+                           [50.0, 50.0, 60.0, 60.0]]])  # far away
+    iof = box_iof(boxes)[0]
+    expected = torch.tensor([
+        [1.0, 25 / 100, 25 / 100, 0.0],
+        [25 / 200, 1.0, 0.0, 0.0],
+        [1.0, 0.0, 1.0, 0.0],  # box 2 lies entirely in box 0: its IoF with 0 is 1, not 0's with 2
+        [0.0, 0.0, 0.0, 1.0],
+    ])
+    torch.testing.assert_close(iof, expected)
+    tau = torch.tensor([0.5, 2.0])
+    bias = iof_attention_bias(boxes, tau).view(1, 2, 4, 4)
+    torch.testing.assert_close(bias[0, 1], 2.0 * torch.log(expected + 1e-7))
+    torch.testing.assert_close(bias[0, 0], 0.5 * torch.log(expected + 1e-7))
+    assert bias[0, 1, 0, 3] < -30  # disjoint boxes: strongly suppressed, still finite
+    assert torch.isfinite(bias).all()
+
+
+def test_position_embedding_is_sinusoidal_per_coordinate():
+    xyzr = torch.tensor([[[500.0, 250.0, 6.0, -1.0]]])
+    emb = position_embedding(xyzr, 8)
+    assert emb.shape == (1, 1, 32)
+    coords = [0.5, 0.25, 6.0, -1.0]
+    for c, v in enumerate(coords):
+        for i in range(8):
+            arg = v / 10000 ** (2 * (i // 2) / 8)
+            want = math.sin(arg) if i % 2 == 0 else math.cos(arg)
+            assert emb[0, 0, c * 8 + i].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_3d_sampler_matches_hand_computed_bilinear_samples():
+    # Two levels (strides 4 and 8) of a 16 x 16 image; 2 groups of 1 channel each.
+    torch.manual_seed(0)
+    f4 = torch.randn(1, 2, 4, 4)
+    f8 = torch.randn(1, 2, 2, 2)
+
+    def bilinear(f, s, x, y):
+        """Hand bilinear read of map f [H, W] (pixel centres (i + 0.5) s), zero outside."""
+        u, v = x / s - 0.5, y / s - 0.5
+        j0, i0 = math.floor(u), math.floor(v)
+        a, b = u - j0, v - i0
+        total = 0.0
+        for di, wi in ((0, 1 - b), (1, b)):
+            for dj, wj in ((0, 1 - a), (1, a)):
+                i, j = i0 + di, j0 + dj
+                if 0 <= i < f.shape[0] and 0 <= j < f.shape[1]:
+                    total += wi * wj * f[i, j].item()
+        return total
+
+    # Points: exactly on a stride-4 pixel centre at z = 2 (mostly level 0), between centres at z = 3
+    # (mostly level 1), halfway between levels (z = 2.5), and one outside the image.
+    pts = [(6.0, 2.0, 2.0), (7.0, 9.0, 3.0), (10.0, 5.0, 2.5), (-6.0, 4.0, 2.0)]
+    x = torch.tensor([[p[0] for p in pts], [p[0] + 1 for p in pts]]).T.reshape(1, 4, 2, 1)  # [B, N, G, P]
+    y = torch.tensor([[p[1] for p in pts], [p[1] for p in pts]]).T.reshape(1, 4, 2, 1)
+    z = torch.tensor([[p[2] for p in pts], [p[2] for p in pts]]).T.reshape(1, 4, 2, 1)
+    out = sample_3d([f4, f8], (4, 8), x, y, z)
+    assert out.shape == (1, 4, 2, 1, 1)
+    for n, (px, py, pz) in enumerate(pts):
+        for g in range(2):
+            xx = px + g
+            w = torch.tensor([-0.5 * (pz - 2) ** 2, -0.5 * (pz - 3) ** 2]).softmax(0)
+            want = w[0] * bilinear(f4[0, g], 4, xx, py) + w[1] * bilinear(f8[0, g], 8, xx, py)
+            assert out[0, n, g, 0, 0].item() == pytest.approx(want.item(), abs=1e-5), (n, g)
+    # On a pixel centre the read is exact: point 0, group 0 at (6, 2) is stride-4 pixel (0, 1).
+    w0 = torch.tensor([0.0, -0.5]).softmax(0)
+    assert out[0, 0, 0, 0, 0].item() == pytest.approx((w0[0] * f4[0, 0, 0, 1]
+                                                       + w0[1] * bilinear(f8[0, 0], 8, 6.0, 2.0)).item(), abs=1e-5)
+
+
+def test_adaptive_mixing_against_explicit_loops():
+    torch.manual_seed(0)
+    mix = AdaptiveMixing(dim=16, channels=4, groups=2, points=3, out_points=5)
+    torch.nn.init.normal_(mix.generator.weight)
+    sampled, content = torch.randn(1, 2, 2, 3, 4), torch.randn(1, 2, 16)
+    out = mix(sampled, content)
+    params = mix.generator(content)[0].view(2, 2, -1)
+    flat = []
+    for n in range(2):
+        parts = []
+        for g in range(2):
+            m = params[n, g, :16].view(4, 4)
+            s = params[n, g, 16:].view(5, 3)
+            x = F.relu(F.layer_norm(sampled[0, n, g] @ m, (4,)))
+            parts.append(F.relu(F.layer_norm(s @ x, (5, 4))).flatten())
+        flat.append(torch.cat(parts))
+    torch.testing.assert_close(out[0], mix.out(torch.stack(flat)), rtol=1e-5, atol=1e-5)
+
+
+def test_channel_mapper_shares_one_groupnorm():
+    cm = ChannelMapper([8, 16], 64)
+    assert isinstance(cm.norm, torch.nn.GroupNorm) and cm.norm.num_groups == 32
+    out = cm({"c2": torch.randn(2, 8, 6, 6), "c3": torch.randn(2, 16, 3, 3)})
+    assert [v.shape for v in out.values()] == [(2, 64, 6, 6), (2, 64, 3, 3)]
+    assert ChannelMapper([8], 48).norm.num_groups == 16  # widths not divisible by 32: gcd groups
+
+
+# ----------------------------------------------------------------------------- the decoder in the detector
+
+
+@pytest.mark.parametrize("objective", ["drmm", "hungarian"])
+@pytest.mark.parametrize("backbone", ["tiny", "swin_t"])
+def test_adamixer_trains_a_step_and_infers(objective, backbone):
+    cfg = adamixer_config(backbone=backbone)
+    cfg.objective.name = objective
+    if backbone == "swin_t":
+        cfg.model.min_size, cfg.model.max_size = 64, 96
+    model = build_detector(cfg).train()
+    images, targets = batch()
+    losses = model(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for _, p in trainable)
+    assert not model.proposals.boxes.weight.requires_grad  # AdaMixer's initial boxes are fixed
+    # Every stage's sampling offsets and mixing generator learn (they start at zero weight).
+    assert all(s.sampling.offsets.weight.grad.abs().sum() > 0 for s in model.decoder.stages)
+    assert all(s.mixing.generator.weight.grad.abs().sum() > 0 for s in model.decoder.stages)
+    model.eval()
+    with torch.inference_mode():
+        dets = model(images)
+    for det, img in zip(dets, images):
+        h, w = img.shape[-2:]
+        assert len(det["scores"]) <= 100 and ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+        b = det["boxes"]
+        assert (b[:, 0::2] >= 0).all() and (b[:, 0::2] <= w).all() and (b[:, 1::2] >= 0).all() and (b[:, 1::2] <= h).all()
+
+
+def test_swin_t_with_the_sparse_rcnn_decoder_both_objectives():
+    for objective in ("drmm", "hungarian"):
+        cfg = tiny_config(backbone="swin_t", min_size=64, max_size=96)
+        cfg.objective.name = objective
+        model = build_detector(cfg).train()
+        images, targets = batch()
+        total = sum(model(images, targets).values())
+        total.backward()
+        assert torch.isfinite(total)
+        assert model.backbone.body.features[0][0].weight.grad.abs().sum() > 0  # Swin trains end to end
+        with torch.inference_mode():
+            assert len(model.eval()(images)) == 2
+
+
+def test_stage_output_geometry_mixture_head():
+    """mu is the query box after AdaMixer's xyzr update; the next stage starts from mu (detached)."""
+    cfg = adamixer_config(num_stages=2)
+    model = build_detector(cfg).eval()
+    for stage in model.decoder.stages:  # make the regression non-trivial
+        torch.nn.init.normal_(stage.reg_out.weight, std=0.05)
+    images, _ = batch()
+    with torch.inference_mode():
+        _, stages = model(images, return_stages=True)
+    s0, s1 = stages
+    # Stage 0 starts from the whole (resized) image for every query.
+    sizes = model.transform(images)[1]
+    for i, (h, w) in enumerate(sizes):
+        torch.testing.assert_close(s0.proposals[i], torch.tensor([0.0, 0, w, h]).expand_as(s0.proposals[i]), atol=1e-3, rtol=0)
+    assert not torch.allclose(s0.boxes, s0.proposals)  # the boxes moved
+    torch.testing.assert_close(s1.proposals, s0.boxes, rtol=1e-4, atol=1e-3)
+
+
+def test_relative_scale_follows_query_size():
+    cfg = adamixer_config(num_stages=1)
+    model = build_detector(cfg).eval()
+    stage = model.decoder.stages[0]
+    torch.nn.init.zeros_(stage.reg_out.weight)
+    torch.nn.init.zeros_(stage.reg_out.bias)
+    with torch.inference_mode():
+        _, (s0,) = model([torch.rand(3, 96, 128)], return_stages=True)
+    wh = s0.proposals[..., 2:] - s0.proposals[..., :2]
+    # raw 0 -> softplus(0) = log 2 of the query's w, h; zero deltas keep mu on the query box.
+    torch.testing.assert_close(F.softplus(s0.raw_scale), math.log(2) * torch.cat([wh, wh], -1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(s0.boxes, s0.proposals)
+
+
+def test_adamixer_rejects_inconsistent_configs():
+    with pytest.raises(ValueError, match="delta_mode"):
+        build_detector(adamixer_config(delta_mode="proposal"))
+    with pytest.raises(ValueError, match="sampling_groups"):
+        build_detector(adamixer_config(sampling_groups=5))
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_detector(tiny_config(architecture="detr"))
+    with pytest.raises(ValueError, match="unknown neck"):
+        build_detector(tiny_config(neck="bifpn"))
+
+
+def test_topk_ratio_shrinks_adamixer_queries():
+    cfg = adamixer_config(num_stages=3, topk_ratio=0.5)
+    model = build_detector(cfg).train()
+    images, targets = batch()
+    _, stages = model(images, targets, return_stages=True)
+    assert [s.boxes.shape[1] for s in stages] == [12, 6, 3]
+
+
+# ----------------------------------------------------------------------------- Swin-T weights, configs, counts
+
+
+def test_swin_t_pretrained_weights_from_local_file(tmp_path):
+    ref = torchvision.models.swin_t(weights=None)
+    path = tmp_path / "swin_t.pth"
+    torch.save(ref.state_dict(), path)
+    body = SwinBody(str(path))
+    torch.testing.assert_close(body.features[7][1].mlp[0].weight, ref.features[7][1].mlp[0].weight)
+    torch.save({"features.0.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError, match="not a torchvision swin_t"):
+        SwinBody(str(path))
+    out = body(torch.rand(1, 3, 64, 96))
+    assert [tuple(v.shape[1:]) for v in out.values()] == [(96, 16, 24), (192, 8, 12), (384, 4, 6), (768, 2, 3)]
+
+
+@pytest.mark.parametrize("name,arch,backbone,steps", [
+    ("drmm_adamixer_r50", "adamixer", "resnet50", [24, 33]),
+    ("drmm_adamixer_r101", "adamixer", "resnet101", [24, 33]),
+    ("drmm_adamixer_swin_t", "adamixer", "swin_t", [24, 33]),
+    ("drmm_swin_t", "sparse_rcnn", "swin_t", [27, 33]),
+])
+def test_table5_configs(name, arch, backbone, steps):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    m = cfg.model
+    assert (m.architecture, m.backbone, m.num_proposals, m.num_stages, m.num_classes) == (arch, backbone, 300, 6, 80)
+    assert (cfg.objective.name, cfg.objective.beta, cfg.train.epochs, cfg.train.lr_steps) == ("drmm", 0.5, 36, steps)
+    with torch.device("meta"):
+        total, trainable = count_parameters(build_detector(cfg))
+    if name == "drmm_adamixer_r50":
+        assert abs(total - 134.6e6) / 134.6e6 < 0.01  # paper Table 11
+    assert trainable > 0.9 * total
