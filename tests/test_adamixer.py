@@ -91,62 +91,103 @@ def test_position_embedding_is_sinusoidal_per_coordinate():
             assert emb[0, 0, c * 8 + i].item() == pytest.approx(want, abs=1e-6)
 
 
+def _bilinear(f: torch.Tensor, s: int, x: float, y: float) -> float:
+    """Hand bilinear read of a map ``f [H, W]`` whose pixel (i, j) is centred at ((j + 0.5) s, (i + 0.5) s); 0 outside."""
+    u, v = x / s - 0.5, y / s - 0.5
+    j0, i0 = math.floor(u), math.floor(v)
+    a, b = u - j0, v - i0
+    total = 0.0
+    for di, wi in ((0, 1 - b), (1, b)):
+        for dj, wj in ((0, 1 - a), (1, a)):
+            i, j = i0 + di, j0 + dj
+            if 0 <= i < f.shape[0] and 0 <= j < f.shape[1]:
+                total += wi * wj * f[i, j].item()
+    return total
+
+
 def test_3d_sampler_matches_hand_computed_bilinear_samples():
-    # Two levels (strides 4 and 8) of a 16 x 16 image; 2 groups of 1 channel each.
+    # Two images, two levels with different extents (stride 4: 6 x 5 map = 24 x 20 px; stride 8: 2 x 3 map
+    # = 16 x 24 px), 2 groups of 2 channels, 3 queries, 2 points each.
     torch.manual_seed(0)
-    f4 = torch.randn(1, 2, 4, 4)
-    f8 = torch.randn(1, 2, 2, 2)
-
-    def bilinear(f, s, x, y):
-        """Hand bilinear read of map f [H, W] (pixel centres (i + 0.5) s), zero outside."""
-        u, v = x / s - 0.5, y / s - 0.5
-        j0, i0 = math.floor(u), math.floor(v)
-        a, b = u - j0, v - i0
-        total = 0.0
-        for di, wi in ((0, 1 - b), (1, b)):
-            for dj, wj in ((0, 1 - a), (1, a)):
-                i, j = i0 + di, j0 + dj
-                if 0 <= i < f.shape[0] and 0 <= j < f.shape[1]:
-                    total += wi * wj * f[i, j].item()
-        return total
-
-    # Points: exactly on a stride-4 pixel centre at z = 2 (mostly level 0), between centres at z = 3
-    # (mostly level 1), halfway between levels (z = 2.5), and one outside the image.
-    pts = [(6.0, 2.0, 2.0), (7.0, 9.0, 3.0), (10.0, 5.0, 2.5), (-6.0, 4.0, 2.0)]
-    x = torch.tensor([[p[0] for p in pts], [p[0] + 1 for p in pts]]).T.reshape(1, 4, 2, 1)  # [B, N, G, P]
-    y = torch.tensor([[p[1] for p in pts], [p[1] for p in pts]]).T.reshape(1, 4, 2, 1)
-    z = torch.tensor([[p[2] for p in pts], [p[2] for p in pts]]).T.reshape(1, 4, 2, 1)
+    B, N, G, P = 2, 3, 2, 2
+    f4, f8 = torch.randn(B, 4, 6, 5), torch.randn(B, 4, 2, 3)
+    x = torch.rand(B, N, G, P) * 28 - 2  # some points fall outside a map
+    y = torch.rand(B, N, G, P) * 28 - 2
+    z = torch.rand(B, N, G, P) * 3 + 1.5
+    x[0, 0, 0, 0], y[0, 0, 0, 0], z[0, 0, 0, 0] = 6.0, 2.0, 2.0  # exactly on stride-4 pixel (0, 1)
     out = sample_3d([f4, f8], (4, 8), x, y, z)
-    assert out.shape == (1, 4, 2, 1, 1)
-    for n, (px, py, pz) in enumerate(pts):
-        for g in range(2):
-            xx = px + g
-            w = torch.tensor([-0.5 * (pz - 2) ** 2, -0.5 * (pz - 3) ** 2]).softmax(0)
-            want = w[0] * bilinear(f4[0, g], 4, xx, py) + w[1] * bilinear(f8[0, g], 8, xx, py)
-            assert out[0, n, g, 0, 0].item() == pytest.approx(want.item(), abs=1e-5), (n, g)
-    # On a pixel centre the read is exact: point 0, group 0 at (6, 2) is stride-4 pixel (0, 1).
-    w0 = torch.tensor([0.0, -0.5]).softmax(0)
-    assert out[0, 0, 0, 0, 0].item() == pytest.approx((w0[0] * f4[0, 0, 0, 1]
-                                                       + w0[1] * bilinear(f8[0, 0], 8, 6.0, 2.0)).item(), abs=1e-5)
+    assert out.shape == (B, N, G, P, 2)
+    for b in range(B):
+        for n in range(N):
+            for g in range(G):
+                for p in range(P):
+                    xx, yy, zz = x[b, n, g, p].item(), y[b, n, g, p].item(), z[b, n, g, p].item()
+                    w = torch.tensor([-0.5 * (zz - 2) ** 2, -0.5 * (zz - 3) ** 2]).softmax(0)
+                    for c in range(2):
+                        ch = g * 2 + c  # group g reads channels 2g, 2g + 1
+                        want = w[0] * _bilinear(f4[b, ch], 4, xx, yy) + w[1] * _bilinear(f8[b, ch], 8, xx, yy)
+                        assert out[b, n, g, p, c].item() == pytest.approx(want.item(), abs=1e-5), (b, n, g, p, c)
+    w0 = torch.tensor([0.0, -0.5]).softmax(0)  # z = 2: log2(4) exactly, one level away from log2(8)
+    want = w0[0] * f4[0, 0, 0, 1] + w0[1] * _bilinear(f8[0, 0], 8, 6.0, 2.0)
+    assert out[0, 0, 0, 0, 0].item() == pytest.approx(want.item(), abs=1e-6)
+
+
+def test_3d_sampler_keeps_positions_in_fp32_for_bf16_maps():
+    torch.manual_seed(0)
+    f = torch.randn(1, 2, 256, 336)  # a 1344-px wide stride-4 map
+    x = torch.full((1, 1, 1, 1), 1000.3)
+    y = torch.full((1, 1, 1, 1), 500.7)
+    z = torch.full((1, 1, 1, 1), 2.0)
+    ref = sample_3d([f], (4,), x, y, z)
+    low = sample_3d([f.bfloat16()], (4,), x, y, z)
+    assert low.dtype == torch.bfloat16
+    # Only the map values are rounded (bf16 ~ 3 significant digits); a bf16 position would be off by ~1 px.
+    torch.testing.assert_close(low.float(), ref, atol=0.02, rtol=0.01)
+    want = _bilinear(f[0, 0].bfloat16().float(), 4, 1000.3, 500.7)
+    assert low[0, 0, 0, 0, 0].float().item() == pytest.approx(want, abs=0.02)
+
+
+def test_iof_bias_enters_attention_as_a_per_image_per_head_logit_bias():
+    """Two images with different boxes through nn.MultiheadAttention == a hand softmax(QK^T / sqrt(d) + bias) V."""
+    torch.manual_seed(0)
+    B, N, H, D = 2, 3, 2, 8
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [5, 5, 15, 15], [40, 40, 50, 60]],
+                          [[0.0, 0, 4, 4], [0, 0, 8, 8], [2, 0, 6, 20]]])
+    tau = torch.tensor([1.0, 3.0])
+    attn = torch.nn.MultiheadAttention(D, H, batch_first=True)
+    q = torch.randn(B, N, D)
+    out = attn(q, q, q, attn_mask=iof_attention_bias(boxes, tau), need_weights=False)[0]
+    wq, wk, wv = attn.in_proj_weight.chunk(3)
+    bq, bk, bv = attn.in_proj_bias.chunk(3)
+    heads = []
+    for h in range(H):
+        sl = slice(h * D // H, (h + 1) * D // H)
+        qh, kh, vh = (q @ wq.T + bq)[..., sl], (q @ wk.T + bk)[..., sl], (q @ wv.T + bv)[..., sl]
+        logits = qh @ kh.transpose(1, 2) / math.sqrt(D // H) + tau[h] * torch.log(box_iof(boxes) + 1e-7)
+        heads.append(logits.softmax(-1) @ vh)
+    want = attn.out_proj(torch.cat(heads, -1))
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
 
 
 def test_adaptive_mixing_against_explicit_loops():
     torch.manual_seed(0)
     mix = AdaptiveMixing(dim=16, channels=4, groups=2, points=3, out_points=5)
     torch.nn.init.normal_(mix.generator.weight)
-    sampled, content = torch.randn(1, 2, 2, 3, 4), torch.randn(1, 2, 16)
+    B, N = 2, 2
+    sampled, content = torch.randn(B, N, 2, 3, 4), torch.randn(B, N, 16)
     out = mix(sampled, content)
-    params = mix.generator(content)[0].view(2, 2, -1)
-    flat = []
-    for n in range(2):
-        parts = []
-        for g in range(2):
-            m = params[n, g, :16].view(4, 4)
-            s = params[n, g, 16:].view(5, 3)
-            x = F.relu(F.layer_norm(sampled[0, n, g] @ m, (4,)))
-            parts.append(F.relu(F.layer_norm(s @ x, (5, 4))).flatten())
-        flat.append(torch.cat(parts))
-    torch.testing.assert_close(out[0], mix.out(torch.stack(flat)), rtol=1e-5, atol=1e-5)
+    params = mix.generator(content).view(B, N, 2, -1)
+    for b in range(B):
+        flat = []
+        for n in range(N):
+            parts = []
+            for g in range(2):
+                m = params[b, n, g, :16].view(4, 4)  # channel mixing, 4 x 4
+                s = params[b, n, g, 16:].view(5, 3)  # spatial mixing, out points x points
+                x = F.relu(F.layer_norm(sampled[b, n, g] @ m, (3, 4)))  # AdaMixer: LN over the whole block
+                parts.append(F.relu(F.layer_norm(s @ x, (5, 4))).flatten())
+            flat.append(torch.cat(parts))
+        torch.testing.assert_close(out[b], mix.out(torch.stack(flat)), rtol=1e-5, atol=1e-5)
 
 
 def test_channel_mapper_shares_one_groupnorm():
@@ -248,12 +289,33 @@ def test_adamixer_rejects_inconsistent_configs():
         build_detector(tiny_config(neck="bifpn"))
 
 
-def test_topk_ratio_shrinks_adamixer_queries():
+def test_topk_ratio_keeps_the_best_queries_with_their_boxes():
     cfg = adamixer_config(num_stages=3, topk_ratio=0.5)
+    model = build_detector(cfg).eval()
+    for stage in model.decoder.stages:
+        torch.nn.init.normal_(stage.reg_out.weight, std=0.05)
+        torch.nn.init.normal_(stage.cls_out.weight, std=0.5)
+    images, _ = batch()
+    with torch.inference_mode():
+        _, stages = model(images, return_stages=True)
+    assert [s.boxes.shape[1] for s in stages] == [12, 6, 3]
+    for prev, nxt in zip(stages, stages[1:]):
+        keep = prev.objectness_logit.topk(nxt.boxes.shape[1], dim=1).indices
+        # The kept queries' boxes are the previous stage's boxes of the highest objectness, in that order.
+        torch.testing.assert_close(nxt.proposals, torch.gather(prev.boxes, 1, keep[..., None].expand(-1, -1, 4)),
+                                   rtol=1e-4, atol=1e-3)
+
+
+def test_stages_are_detached_from_each_other():
+    cfg = adamixer_config(num_stages=2)
     model = build_detector(cfg).train()
     images, targets = batch()
     _, stages = model(images, targets, return_stages=True)
-    assert [s.boxes.shape[1] for s in stages] == [12, 6, 3]
+    (stages[1].boxes.sum() + stages[1].objectness_logit.sum()).backward()
+    s0, s1 = model.decoder.stages
+    assert s0.reg_out.weight.grad is None  # the box path does not go back into stage 0's regression
+    assert s1.reg_out.weight.grad.abs().sum() > 0
+    assert s0.norm3.weight.grad.abs().sum() > 0  # the content path does (as in AdaMixer)
 
 
 # ----------------------------------------------------------------------------- Swin-T weights, configs, counts
@@ -274,6 +336,7 @@ def test_swin_t_pretrained_weights_from_local_file(tmp_path):
 
 @pytest.mark.parametrize("name,arch,backbone,steps", [
     ("drmm_adamixer_r50", "adamixer", "resnet50", [24, 33]),
+    ("adamixer_r50", "adamixer", "resnet50", [24, 33]),
     ("drmm_adamixer_r101", "adamixer", "resnet101", [24, 33]),
     ("drmm_adamixer_swin_t", "adamixer", "swin_t", [24, 33]),
     ("drmm_swin_t", "sparse_rcnn", "swin_t", [27, 33]),
@@ -282,9 +345,10 @@ def test_table5_configs(name, arch, backbone, steps):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     m = cfg.model
     assert (m.architecture, m.backbone, m.num_proposals, m.num_stages, m.num_classes) == (arch, backbone, 300, 6, 80)
-    assert (cfg.objective.name, cfg.objective.beta, cfg.train.epochs, cfg.train.lr_steps) == ("drmm", 0.5, 36, steps)
+    objective = "hungarian" if name == "adamixer_r50" else "drmm"
+    assert (cfg.objective.name, cfg.train.epochs, cfg.train.lr_steps) == (objective, 36, steps)
     with torch.device("meta"):
         total, trainable = count_parameters(build_detector(cfg))
-    if name == "drmm_adamixer_r50":
-        assert abs(total - 134.6e6) / 134.6e6 < 0.01  # paper Table 11
+    if name.endswith("adamixer_r50"):
+        assert abs(total - 134.6e6) / 134.6e6 < 0.005  # paper Table 11: AdaMixer and D-RMM + AdaMixer, 134.6M
     assert trainable > 0.9 * total

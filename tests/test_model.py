@@ -208,3 +208,23 @@ def test_heads_stay_fp32_under_bf16_autocast(tiny_cfg):
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         _, stages = model([torch.rand(3, 100, 120)], return_stages=True)
     assert stages[-1].boxes.dtype == torch.float32 and stages[-1].raw_scale.dtype == torch.float32
+
+
+def test_fused_frozen_batchnorm_matches_torchvision():
+    from drmm.models.backbone import FrozenBatchNorm2d
+
+    ref, ours = torchvision.ops.misc.FrozenBatchNorm2d(6), FrozenBatchNorm2d(6)
+    for name in ("weight", "bias", "running_mean"):
+        getattr(ref, name).copy_(torch.randn(6))
+    ref.running_var.copy_(torch.rand(6) + 0.1)
+    ours.load_state_dict(ref.state_dict())  # same buffers: torchvision checkpoints load unchanged
+    x = torch.randn(2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
+    ref64, ours64 = ref.double(), ours.double()
+    torch.testing.assert_close(ours64(x), ref64(x))
+    (g_ours,) = torch.autograd.grad(ours64(x).square().sum(), x)
+    (g_ref,) = torch.autograd.grad(ref64(x).square().sum(), x)
+    torch.testing.assert_close(g_ours, g_ref)
+    ours.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations, fp32 statistics
+        y = ours(x.detach().float().bfloat16())
+    torch.testing.assert_close(y.float(), ref.float()(x.detach().float()), atol=0.05, rtol=0.02)

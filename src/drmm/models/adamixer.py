@@ -38,9 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import ModelConfig
 from ..structures import StageOutput
 from .backbone import LEVELS, STRIDES
-from .sparse_rcnn import _mlp, keep_top, relative_raw_scale
+from .sparse_rcnn import keep_top, mlp_tower, relative_raw_scale
+
+_MAX_LOG2_SIZE = 20.0  # boxes up to 2^20 px a side: a runaway z or r cannot overflow exp2 to inf
 
 
 def xyxy_to_xyzr(boxes: Tensor) -> Tensor:
@@ -52,16 +55,21 @@ def xyxy_to_xyzr(boxes: Tensor) -> Tensor:
     return torch.cat([ctr, z[..., None], r[..., None]], dim=-1)
 
 
-def xyzr_to_xyxy(xyzr: Tensor) -> Tensor:
-    """Inverse of :func:`xyxy_to_xyzr`: ``w = 2^(z - r/2)``, ``h = 2^(z + r/2)``."""
+def xyzr_wh(xyzr: Tensor) -> Tensor:
+    """``[..., 2]`` box width and height: ``w = 2^(z - r/2)``, ``h = 2^(z + r/2)``."""
     z, r = xyzr[..., 2:3], xyzr[..., 3:4]
-    wh = torch.cat([torch.exp2(z - 0.5 * r), torch.exp2(z + 0.5 * r)], dim=-1)
+    return torch.exp2(torch.cat([z - 0.5 * r, z + 0.5 * r], dim=-1).clamp(max=_MAX_LOG2_SIZE))
+
+
+def xyzr_to_xyxy(xyzr: Tensor) -> Tensor:
+    """Inverse of :func:`xyxy_to_xyzr`."""
+    wh = xyzr_wh(xyzr)
     return torch.cat([xyzr[..., :2] - 0.5 * wh, xyzr[..., :2] + 0.5 * wh], dim=-1)
 
 
 def update_xyzr(xyzr: Tensor, delta: Tensor) -> Tensor:
     """AdaMixer's box update: ``x, y += (dx, dy) * 2^z``; ``z, r += (dz, dr)``."""
-    step = torch.exp2(xyzr[..., 2:3])
+    step = torch.exp2(xyzr[..., 2:3].clamp(max=_MAX_LOG2_SIZE))
     return torch.cat([xyzr[..., :2] + delta[..., :2] * step, xyzr[..., 2:] + delta[..., 2:]], dim=-1)
 
 
@@ -85,7 +93,11 @@ def box_iof(boxes: Tensor) -> Tensor:
 
 
 def iof_attention_bias(boxes: Tensor, tau: Tensor, eps: float = 1e-7) -> Tensor:
-    """``[B * H, N, N]`` attention-logit bias ``tau_h * log(IoF(i, j) + eps)`` (head-major per image)."""
+    """``[B * H, N, N]`` attention-logit bias ``tau_h * log(IoF(i, j) + eps)``, row ``b * H + h``.
+
+    The layout ``nn.MultiheadAttention`` expects for a 3-D ``attn_mask``; query i
+    attends to key j, IoF normalised by the area of box i.
+    """
     log_iof = torch.log(box_iof(boxes) + eps)
     B, N, _ = log_iof.shape
     return (tau[None, :, None, None] * log_iof[:, None]).reshape(B * tau.numel(), N, N)
@@ -99,7 +111,8 @@ def sample_3d(
     ``features``: per level ``[B, C, H_l, W_l]`` with stride ``strides[l]`` (pixel
     centres at ``(i + 0.5) * stride``; zeros outside). ``x, y, z``: ``[B, N, G, P]``;
     group g reads channels ``g * C/G .. (g + 1) * C/G``. Level weights: softmax over
-    levels of ``-(z - log2(stride))^2 / 2``. Returns ``[B, N, G, P, C/G]``.
+    levels of ``-(z - log2(stride))^2 / 2``. Returns ``[B, N, G, P, C/G]`` in the
+    features' dtype; positions and level weights are computed in float32.
     """
     B, N, G, P = x.shape
     C = features[0].shape[1]
@@ -111,19 +124,24 @@ def sample_3d(
     for level, (f, s) in enumerate(zip(features, strides)):
         h, w = f.shape[-2:]
         grid = 2 * xy / xy.new_tensor([w * s, h * s]) - 1  # align_corners=False: pixel centres at (i + 0.5) s
-        sampled = F.grid_sample(f.reshape(B * G, C // G, h, w), grid.to(f.dtype), mode="bilinear",
+        # grid_sample needs one dtype: read bf16/fp16 maps in float32 rather than round the positions
+        sampled = F.grid_sample(f.reshape(B * G, C // G, h, w).to(grid.dtype), grid, mode="bilinear",
                                 padding_mode="zeros", align_corners=False)  # [B*G, C/G, N, P]
-        sampled = sampled * weights[:, level].to(sampled.dtype)
+        sampled = sampled * weights[:, level]
         out = sampled if out is None else out + sampled
-    return out.view(B, G, C // G, N, P).permute(0, 3, 1, 4, 2)
+    return out.view(B, G, C // G, N, P).permute(0, 3, 1, 4, 2).to(features[0].dtype)
 
 
 class AdaptiveSampling(nn.Module):
-    """Content -> G x P point offsets ``(dx, dy, dz)`` around the query box -> :func:`sample_3d`."""
+    """Content -> G x P point offsets ``(dx, dy, dz)`` around the query box -> :func:`sample_3d`.
 
-    def __init__(self, dim: int, groups: int, points: int) -> None:
+    The offsets and positions are computed in float32 (under autocast too): in bf16
+    they would be quantised to ~0.4% of the box size.
+    """
+
+    def __init__(self, dim: int, groups: int, points: int, strides: tuple[int, ...] = STRIDES) -> None:
         super().__init__()
-        self.groups, self.points = groups, points
+        self.groups, self.points, self.strides = groups, points, tuple(strides)
         self.offsets = nn.Linear(dim, groups * points * 3)
 
     def reset_parameters(self) -> None:
@@ -135,18 +153,22 @@ class AdaptiveSampling(nn.Module):
 
     def forward(self, features: list[Tensor], content: Tensor, xyzr: Tensor) -> Tensor:
         B, N, _ = content.shape
-        off = self.offsets(content).view(B, N, self.groups, self.points, 3)
-        q = xyzr[:, :, None, None, :]
-        wh = xyzr_to_xyxy(xyzr)
-        wh = (wh[..., 2:] - wh[..., :2])[:, :, None, None, :]
+        with torch.autocast(content.device.type, enabled=False):
+            off = self.offsets(content.float()).view(B, N, self.groups, self.points, 3)
+        q = xyzr.float()[:, :, None, None, :]
+        wh = xyzr_wh(xyzr.float())[:, :, None, None, :]
         x = q[..., 0] + off[..., 0] * wh[..., 0]
         y = q[..., 1] + off[..., 1] * wh[..., 1]
         z = q[..., 2] + off[..., 2]
-        return sample_3d(features, STRIDES[: len(features)], x, y, z)
+        return sample_3d(features, self.strides, x, y, z)
 
 
 class AdaptiveMixing(nn.Module):
-    """Per query and group: x M (channels), LayerNorm, ReLU; S x (points), LayerNorm, ReLU; flatten, Linear."""
+    """Per query and group: x M (channels), then S x (points), each followed by LayerNorm and ReLU; flatten, Linear.
+
+    Both layer norms normalise a group's whole ``points x channels`` block and have
+    no affine parameters, as in AdaMixer's code.
+    """
 
     def __init__(self, dim: int, channels: int, groups: int, points: int, out_points: int) -> None:
         super().__init__()
@@ -164,13 +186,15 @@ class AdaptiveMixing(nn.Module):
         m = params[:, : C * C].view(-1, C, C)
         s = params[:, C * C:].view(-1, self.out_points, P)
         x = sampled.reshape(B * N * G, P, C)
-        x = F.relu(F.layer_norm(torch.bmm(x, m), (C,)))
+        x = F.relu(F.layer_norm(torch.bmm(x, m), (P, C)))
         x = F.relu(F.layer_norm(torch.bmm(s, x), (self.out_points, C)))
         return self.out(x.view(B, N, -1))
 
 
 class AdaMixerStage(nn.Module):
-    def __init__(self, cfg, head: str) -> None:
+    """One AdaMixer stage: IoF-biased self-attention, 3D sampling, adaptive mixing, FFN, heads, box update."""
+
+    def __init__(self, cfg: ModelConfig, head: str) -> None:
         super().__init__()
         d = cfg.hidden_dim
         self.head = head
@@ -195,8 +219,8 @@ class AdaMixerStage(nn.Module):
         )
         self.norm3 = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.cls_tower = _mlp(d, cfg.num_cls_layers)
-        self.reg_tower = _mlp(d, cfg.num_reg_layers)
+        self.cls_tower = mlp_tower(d, cfg.num_cls_layers, bias=True)  # AdaMixer's tower Linears have biases
+        self.reg_tower = mlp_tower(d, cfg.num_reg_layers, bias=True)
         mixture = head == "mixture"
         self.cls_out = nn.Linear(d, cfg.num_classes + (1 if mixture else 0))
         self.reg_out = nn.Linear(d, 8 if mixture else 4)
@@ -232,7 +256,7 @@ class AdaMixerStage(nn.Module):
         if self.head == "mixture":
             raw_scale = reg[..., 4:]
             if self.relative_scale:
-                wh = boxes[..., 2:] - boxes[..., :2]
+                wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1.0)
                 raw_scale = relative_raw_scale(raw_scale, torch.cat([wh, wh], dim=-1))
             out = StageOutput(boxes, new_boxes, cls[..., 1:], cls[..., 0], raw_scale, content)
         else:
@@ -241,9 +265,9 @@ class AdaMixerStage(nn.Module):
 
 
 class AdaMixerDecoder(nn.Module):
-    """``num_stages`` AdaMixer stages on the neck's P2-P5; same interface as the Sparse R-CNN decoder."""
+    """``num_stages`` AdaMixer stages on the neck's P2-P5; same call as the Sparse R-CNN decoder."""
 
-    def __init__(self, cfg, head: str = "mixture") -> None:
+    def __init__(self, cfg: ModelConfig, head: str = "mixture") -> None:
         super().__init__()
         if head not in ("mixture", "box"):
             raise ValueError(f"head must be 'mixture' or 'box', got {head!r}")
@@ -273,6 +297,7 @@ class AdaMixerDecoder(nn.Module):
         content: Tensor,
         image_sizes: list[tuple[int, int]],
     ) -> list[StageOutput]:
+        """One :class:`StageOutput` per stage. ``image_sizes`` is unused: boxes are not clipped between stages."""
         feats = [features[name] for name in LEVELS]
         xyzr = xyxy_to_xyzr(boxes.detach().float())
         content = F.layer_norm(content, content.shape[-1:])  # AdaMixer: initial content normalised, no affine

@@ -15,11 +15,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import resnet, swin_t
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops import misc
 
 RESNETS = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}
 SWIN_T_CHANNELS = [96, 192, 384, 768]
@@ -27,6 +28,18 @@ BACKBONES = sorted(RESNETS) + ["swin_t", "tiny"]
 NECKS = ("fpn", "channel_mapper")
 LEVELS = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
+
+
+class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
+    """torchvision's frozen BatchNorm (same buffers and checkpoints) run by the fused ``batch_norm`` kernel.
+
+    torchvision's version computes ``x * scale + bias`` as two elementwise passes
+    over the activation; the native inference-mode kernel does one. Same result,
+    and the input gradient is still defined (the statistics and affine stay frozen).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
@@ -146,6 +159,8 @@ class ChannelMapper(nn.Module):
             groups = math.gcd(out_channels, groups)  # small CPU widths: as many groups as divide the width
         self.convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1, bias=False) for c in in_channels)
         self.norm = nn.GroupNorm(groups, out_channels)
+        for conv in self.convs:
+            nn.init.xavier_uniform_(conv.weight)
 
     def forward(self, feats: OrderedDict[str, Tensor]) -> OrderedDict[str, Tensor]:
         return OrderedDict((name, self.norm(conv(f))) for (name, f), conv in zip(feats.items(), self.convs))

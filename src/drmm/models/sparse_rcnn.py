@@ -62,10 +62,11 @@ def keep_top(score: Tensor, ratio: float, *tensors: Tensor) -> list[Tensor]:
     return [torch.gather(t, 1, idx.expand(-1, -1, t.shape[-1])) for t in tensors]
 
 
-def _mlp(dim: int, layers: int) -> nn.Sequential:
+def mlp_tower(dim: int, layers: int, bias: bool = False) -> nn.Sequential:
+    """``layers`` x (Linear, LayerNorm, ReLU): the class / box towers before the output layers."""
     mods: list[nn.Module] = []
     for _ in range(layers):
-        mods += [nn.Linear(dim, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(inplace=True)]
+        mods += [nn.Linear(dim, dim, bias=bias), nn.LayerNorm(dim), nn.ReLU(inplace=True)]
     return nn.Sequential(*mods)
 
 
@@ -110,8 +111,8 @@ class SparseRCNNStage(nn.Module):
         )
         self.norm3 = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.cls_tower = _mlp(d, cfg.num_cls_layers)
-        self.reg_tower = _mlp(d, cfg.num_reg_layers)
+        self.cls_tower = mlp_tower(d, cfg.num_cls_layers)
+        self.reg_tower = mlp_tower(d, cfg.num_reg_layers)
         mixture = head == "mixture"
         self.cls_out = nn.Linear(d, cfg.num_classes + (1 if mixture else 0))
         self.reg_out = nn.Linear(d, 8 if mixture else 4)
