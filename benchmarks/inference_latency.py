@@ -1,7 +1,9 @@
 """CPU inference latency: D-RMM R50 (300 proposals) vs torchvision Faster R-CNN and FCOS R50-FPN.
 
 Batch 1, one 800 x 1216 image, random weights, eval mode under torch.inference_mode,
-all three models in the same run (interleaved), median of N runs after 1 warm-up;
+all three models in the same run (interleaved), median of N runs after 1 warm-up,
+each in fp32 with the default (contiguous) memory format and with channels_last,
+then drmm and Faster R-CNN under bf16 autocast (channels_last);
 every model is set to see the input unresized (short side = min_size, long side =
 max_size). The in-model resize / normalise / pad and post-processing are included.
 Prints ms/image and the ratio drmm / Faster R-CNN (target <= 1.0), plus each model's
@@ -11,7 +13,8 @@ against the machine's measured fp32 matrix-multiply FLOP/s (2048^3 torch.mm).
 
 Caveat: with random weights the baselines' scores sit below their score thresholds,
 so their NMS / post-processing is lighter than with trained weights; torchvision's
-ResNets use nn.BatchNorm2d here (weights_backbone=None), drmm FrozenBatchNorm2d.
+ResNets use nn.BatchNorm2d here (weights_backbone=None), drmm a frozen BatchNorm run
+by the same fused kernel.
 
     python benchmarks/inference_latency.py [--threads 2] [--runs 5] [--size 800x1216]
         [--config configs/drmm_r50.yaml] [--set model.pooler=grid] [--profile]
@@ -19,10 +22,12 @@ ResNets use nn.BatchNorm2d here (weights_backbone=None), drmm FrozenBatchNorm2d.
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torchvision
@@ -46,6 +51,18 @@ def matmul_flops(n: int = 2048, runs: int = 5) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
+def _latencies(runners: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median seconds per call of each runner: 1 warm-up, then ``runs`` rounds interleaved across runners."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(1 + runs):  # interleaved so load drift hits all models alike
+        for name, run in runners.items():
+            t = time.perf_counter()
+            run()
+            if i:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -54,6 +71,7 @@ def main() -> None:
     ap.add_argument("--config", default=str(CONFIG), help="drmm config (default configs/drmm_r50.yaml)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a drmm config value, e.g. --set model.pooler=grid (repeatable)")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16-autocast rows")
     ap.add_argument("--profile", action="store_true", help="print drmm's top 15 ops by self CPU time")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -65,16 +83,17 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides + [f"model.min_size={lo}", f"model.max_size={hi}",
                                                      "model.pretrained=null"])
     builders = {
-        f"drmm ({cfg.model.backbone}, {cfg.model.num_proposals} proposals)": lambda: build_detector(cfg),
-        "Faster R-CNN R50-FPN": lambda: fasterrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, min_size=lo, max_size=hi),
-        "FCOS R50-FPN": lambda: fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=lo, max_size=hi),
+        "drmm": lambda: build_detector(cfg),
+        "Faster R-CNN": lambda: fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=lo, max_size=hi),
+        "FCOS": lambda: fcos_resnet50_fpn(weights=None, weights_backbone=None, min_size=lo, max_size=hi),
     }
     models = {}
     for name, build in builders.items():
         torch.manual_seed(0)
         models[name] = build().eval().requires_grad_(False)
     images = [torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))]
+    print(f"drmm: {cfg.model.architecture}, {cfg.model.backbone}, {cfg.model.num_proposals} proposals, "
+          f"{cfg.model.num_stages} stages; baselines: torchvision R50-FPN, weights=None")
 
     peak = matmul_flops()
     print(f"fp32 matmul (2048^3 torch.mm): {peak / 1e9:.1f} GFLOP/s; input 1 x 3 x {h} x {w}")
@@ -83,25 +102,45 @@ def main() -> None:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(images)
         flops[name] = counter.get_total_flops()
+
+    channels_last = {name: copy.deepcopy(m).to(memory_format=torch.channels_last) for name, m in models.items()}
+
+    def runner(model: torch.nn.Module, bf16: bool = False) -> Callable[[], object]:
+        def run() -> object:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(images)
+        return run
+
     with torch.inference_mode():
-        times = {name: [] for name in models}
-        for i in range(1 + args.runs):  # 1 warm-up; interleaved so load drift hits all models alike
-            for name, model in models.items():
-                t = time.perf_counter()
-                model(images)
-                if i:
-                    times[name].append(time.perf_counter() - t)
-        med = {name: statistics.median(ts) for name, ts in times.items()}
-        for name in models:
-            achieved = flops[name] / med[name]
-            print(f"{name:<34} {med[name] * 1e3:8.1f} ms/image  {flops[name] / 1e9:6.1f} GFLOP  "
-                  f"{achieved / 1e9:6.1f} GFLOP/s ({100 * achieved / peak:.0f}% of matmul)")
-        drmm, frcnn, fcos = med.values()
-        print(f"ratio drmm / Faster R-CNN: {drmm / frcnn:.2f}, drmm / FCOS: {drmm / fcos:.2f} "
+        # fp32, default (contiguous) memory format and channels_last, every model in the same rounds
+        runners = {}
+        for name, model in models.items():
+            runners[(name, "fp32")] = runner(model)
+            runners[(name, "fp32 channels_last")] = runner(channels_last[name])
+        med = _latencies(runners, args.runs)
+        print(f"{'model':<14} {'mode':<20} {'ms/image':>9} {'GFLOP':>7} {'GFLOP/s':>8}")
+        for (name, mode), t in med.items():
+            achieved = flops[name] / t
+            print(f"{name:<14} {mode:<20} {t * 1e3:9.1f} {flops[name] / 1e9:7.1f} {achieved / 1e9:8.1f} "
+                  f"({100 * achieved / peak:.0f}% of matmul)")
+        best = {name: min(t for (n, _), t in med.items() if n == name) for name in models}
+        for mode in ("fp32", "fp32 channels_last"):
+            print(f"ratio drmm / Faster R-CNN, both {mode}: {med[('drmm', mode)] / med[('Faster R-CNN', mode)]:.2f}; "
+                  f"drmm / FCOS: {med[('drmm', mode)] / med[('FCOS', mode)]:.2f}")
+        print(f"ratio drmm / Faster R-CNN, each in its faster fp32 format: {best['drmm'] / best['Faster R-CNN']:.2f} "
               f"(median of {args.runs} runs)")
 
+        if not args.no_bf16:
+            runners = {(name, "bf16 autocast channels_last"): runner(model, bf16=True)
+                       for name, model in channels_last.items() if name != "FCOS"}
+            med16 = _latencies(runners, args.runs)
+            for (name, mode), t in med16.items():
+                print(f"{name:<14} {mode:<28} {t * 1e3:9.1f} ms/image")
+            d, f = med16[("drmm", "bf16 autocast channels_last")], med16[("Faster R-CNN", "bf16 autocast channels_last")]
+            print(f"ratio drmm / Faster R-CNN, both bf16 autocast channels_last: {d / f:.2f}")
+
         if args.profile:
-            drmm_model = next(iter(models.values()))
+            drmm_model = channels_last["drmm"]
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 drmm_model(images)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))

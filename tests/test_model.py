@@ -228,3 +228,20 @@ def test_fused_frozen_batchnorm_matches_torchvision():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 activations, fp32 statistics
         y = ours(x.detach().float().bfloat16())
     torch.testing.assert_close(y.float(), ref.float()(x.detach().float()), atol=0.05, rtol=0.02)
+
+
+def test_dynamic_conv_against_per_proposal_reference():
+    """Each proposal's feature -> W1 (D x d), W2 (d x D); RoI x W1 -> LN -> ReLU -> x W2 -> LN -> ReLU -> Linear."""
+    from drmm.models.sparse_rcnn import DynamicConv
+
+    torch.manual_seed(0)
+    D, d, S = 8, 3, 2
+    conv = DynamicConv(D, d, S)
+    pro, roi = torch.randn(4, D), torch.randn(4, S * S, D)
+    out = conv(pro, roi)
+    for m in range(4):
+        params = conv.params(pro[m])
+        w1, w2 = params[: D * d].view(D, d), params[D * d:].view(d, D)
+        x = torch.relu(conv.norm1(roi[m] @ w1))
+        x = torch.relu(conv.norm2(x @ w2))
+        torch.testing.assert_close(out[m], torch.relu(conv.norm3(conv.out(x.flatten()))), rtol=1e-5, atol=1e-5)

@@ -84,10 +84,9 @@ class DynamicConv(nn.Module):
 
     def forward(self, pro_features: Tensor, roi_features: Tensor) -> Tensor:
         """``pro_features [M, D]``, ``roi_features [M, S*S, D]`` -> ``[M, D]``."""
-        params = self.params(pro_features)
-        n = self.dim * self.dynamic_dim
-        w1 = params[:, :n].view(-1, self.dim, self.dynamic_dim)
-        w2 = params[:, n:].view(-1, self.dynamic_dim, self.dim)
+        n = self.dim * self.dynamic_dim  # two products on the weight's row blocks: contiguous kernels, no copies
+        w1 = F.linear(pro_features, self.params.weight[:n], self.params.bias[:n]).view(-1, self.dim, self.dynamic_dim)
+        w2 = F.linear(pro_features, self.params.weight[n:], self.params.bias[n:]).view(-1, self.dynamic_dim, self.dim)
         x = F.relu(self.norm1(torch.bmm(roi_features, w1)))
         x = F.relu(self.norm2(torch.bmm(x, w2)))
         return F.relu(self.norm3(self.out(x.flatten(1))))
