@@ -245,3 +245,31 @@ def test_dynamic_conv_against_per_proposal_reference():
         x = torch.relu(conv.norm1(roi[m] @ w1))
         x = torch.relu(conv.norm2(x @ w2))
         torch.testing.assert_close(out[m], torch.relu(conv.norm3(conv.out(x.flatten()))), rtol=1e-5, atol=1e-5)
+
+
+def test_optimize_for_inference_keeps_the_detections():
+    cfg = Config()
+    cfg.model.backbone, cfg.model.fpn_channels, cfg.model.hidden_dim = "resnet18", 64, 64
+    cfg.model.num_stages, cfg.model.num_proposals, cfg.model.min_size, cfg.model.max_size = 2, 20, 128, 160
+    model = build_detector(cfg).eval()
+    body = model.backbone.body
+    with torch.no_grad():  # non-trivial frozen statistics, so folding them is not a no-op
+        for m in body.modules():
+            if isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    images = [torch.rand(3, 120, 150), torch.rand(3, 100, 160)]
+    with torch.inference_mode():
+        ref, ref_stages = model(images, return_stages=True)
+        model.optimize_for_inference()
+        out, stages = model(images, return_stages=True)
+    assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in body.modules())  # all 20 folded
+    assert body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(stages[-1].boxes, ref_stages[-1].boxes, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(stages[-1].class_logits, ref_stages[-1].class_logits, rtol=1e-4, atol=1e-4)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot train"):
+        model.train()(images, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2)

@@ -51,6 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not images.is_dir():
         raise FileNotFoundError(f"image folder not found: {images}")
     model, ckpt = detector_from_checkpoint(args.weights, map_location="cpu")
+    model.optimize_for_inference()  # folded BatchNorms + channels_last: same detections, less time
     dataset = CocoDetection(ann, images, train=False)
     check_class_mapping(dataset, ckpt, model.cfg.model.num_classes, args.weights)
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
@@ -113,6 +114,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.model.pretrained = None  # timing needs no weights
         model = build_detector(cfg)
         source = args.config
+    if not args.no_optimize:
+        model.optimize_for_inference()
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     m = model.cfg.model
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -166,4 +169,6 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated of fp32, bf16, fp16")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on CPU")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="time the model as built (default: as drmm eval / predict run it, optimize_for_inference)")
     p.set_defaults(func=cmd_bench)

@@ -102,7 +102,7 @@ def predict(
         raise FileNotFoundError("no input images given")
     dev = torch.device(device)
     model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
-    model.to(dev)
+    model.optimize_for_inference().to(dev)
     num_classes = model.cfg.model.num_classes
     cat_ids = [int(c) for c in (ckpt.get("cat_ids") or range(num_classes))]
     names = ckpt.get("class_names") or model.cfg.class_names

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models import resnet, swin_t
 from torchvision.models._utils import IntermediateLayerGetter
-from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops import misc
+from torchvision.ops import FeaturePyramidNetwork, misc
 
 RESNETS = {"resnet18": 64, "resnet34": 64, "resnet50": 256, "resnet101": 256}
 SWIN_T_CHANNELS = [96, 192, 384, 768]
@@ -40,6 +40,33 @@ class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> int:
+    """Fold every frozen BatchNorm that follows a conv (ResNet ``convN``/``bnN``, ``downsample``) into it.
+
+    Inference only: the conv gets ``W * s`` and a bias, the norm becomes ``Identity``,
+    which saves one pass over every activation. Returns the number of folds.
+    """
+
+    def fold(conv: nn.Conv2d, bn: misc.FrozenBatchNorm2d) -> None:
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+    folded = 0
+    for m in list(module.modules()):
+        for i in (1, 2, 3):
+            conv, bn = getattr(m, f"conv{i}", None), getattr(m, f"bn{i}", None)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, misc.FrozenBatchNorm2d):
+                fold(conv, bn)
+                setattr(m, f"bn{i}", nn.Identity())
+                folded += 1
+        if isinstance(m, nn.Sequential) and len(m) == 2 and isinstance(m[0], nn.Conv2d) \
+                and isinstance(m[1], misc.FrozenBatchNorm2d):
+            fold(m[0], m[1])
+            m[1] = nn.Identity()
+            folded += 1
+    return folded
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
