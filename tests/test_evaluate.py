@@ -227,3 +227,14 @@ def test_nms_sweep_removes_duplicates_and_wta_merges_them(data_dir, tmp_path):
     for key in [("nms", 0.5), ("nms", 0.8), ("wta", 0.7)]:
         assert rows[key]["ECE"] == 0 and rows[key]["AP"] == pytest.approx(1.0)
         assert rows[key]["detections_per_image"] == rows["none", None]["detections_per_image"] / 2
+
+
+@pytest.mark.slow
+def test_bench_cli_with_compiled_decoder(tmp_path, capsys):
+    """torch.compile needs a C++ toolchain and ~20 s: outside the default run."""
+    save_config(tiny_config(), tmp_path / "tiny.yaml")
+    assert _cli(["bench", "--config", tmp_path / "tiny.yaml", "--size", "48x64", "--runs", "1", "--warmup", "1",
+                 "--dtypes", "fp32", "--compile"]) == 0
+    assert "fp32" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--compile"):
+        _cli(["bench", "--config", tmp_path / "tiny.yaml", "--compile", "--no-optimize"])

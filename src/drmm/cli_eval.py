@@ -51,7 +51,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not images.is_dir():
         raise FileNotFoundError(f"image folder not found: {images}")
     model, ckpt = detector_from_checkpoint(args.weights, map_location="cpu")
-    model.optimize_for_inference()  # folded BatchNorms + channels_last: same detections, less time
+    model.optimize_for_inference(compile=args.compile)  # folded BatchNorms + channels_last: same detections
     dataset = CocoDetection(ann, images, train=False)
     check_class_mapping(dataset, ckpt, model.cfg.model.num_classes, args.weights)
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
@@ -114,8 +114,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         cfg.model.pretrained = None  # timing needs no weights
         model = build_detector(cfg)
         source = args.config
+    if args.compile and args.no_optimize:
+        raise ValueError("--compile is part of the inference optimisation; drop --no-optimize")
     if not args.no_optimize:
-        model.optimize_for_inference()
+        model.optimize_for_inference(compile=args.compile)
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     m = model.cfg.model
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
@@ -145,6 +147,8 @@ def register(subparsers) -> None:
                    help="per-stage validation NLL and exp(-MCM) (paper Tables 4, 9)")
     p.add_argument("--nms-sweep", action="store_true",
                    help="AP/AR/ECE with class-wise NMS at IoU 0.5..0.9 and winner-take-all (Figure 7, Table 3)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder: pays on large datasets of one image size (see docs/benchmarks.md)")
     p.set_defaults(func=cmd_eval)
 
     p = subparsers.add_parser("predict", help="detect objects in images; writes annotated PNGs and JSON")
@@ -169,6 +173,8 @@ def register(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated of fp32, bf16, fp16")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on CPU")
+    p.add_argument("--compile", action="store_true",
+                   help="also torch.compile the decoder (compiles during the warm-up runs)")
     p.add_argument("--no-optimize", action="store_true",
                    help="time the model as built (default: as drmm eval / predict run it, optimize_for_inference)")
     p.set_defaults(func=cmd_bench)

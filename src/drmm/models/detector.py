@@ -52,17 +52,21 @@ class Detector(nn.Module):
         self.detections_per_image = m.detections_per_image
         self.inference_only = False
 
-    def optimize_for_inference(self, channels_last: bool = True) -> "Detector":
+    def optimize_for_inference(self, channels_last: bool = True, compile: bool = False) -> "Detector":
         """Eval mode, frozen BatchNorms folded into the convs, channels_last weights; for inference only.
 
-        Same detections (to float rounding), about 20% less CPU time for the R50
-        model (``docs/benchmarks.md``). The model can no longer train, and its
+        Same detections (to float rounding), about 20-30% less CPU time for the R50
+        model (``docs/benchmarks.md``). ``compile`` also wraps the decoder in
+        ``torch.compile`` (about 20 s to compile on 2 CPU cores, then ~14% faster;
+        each new input size compiles again). The model can no longer train, and its
         ``state_dict`` no longer matches a checkpoint's, so save before, not after.
         """
         self.eval()
         fold_frozen_batchnorm(self.backbone.body)
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        if compile:
+            self.decoder = torch.compile(self.decoder)
         self.inference_only = True
         return self
 
