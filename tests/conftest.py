@@ -28,3 +28,13 @@ def tiny_config(num_classes: int = 3, **model) -> Config:
 @pytest.fixture
 def tiny_cfg() -> Config:
     return tiny_config()
+
+
+def tiny_batch(sizes=((3, 100, 120), (3, 90, 70))):
+    """Two random images; the first with two boxes (labels 1, 2), the second without ground truth."""
+    images = [torch.rand(*s) for s in sizes]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    return images, targets

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import tiny_batch as batch
 from conftest import tiny_config
 
 from drmm import build_detector
@@ -32,13 +33,6 @@ def adamixer_config(**model) -> Config:
     return tiny_config(**{**fields, **model})
 
 
-def batch():
-    images = [torch.rand(3, 100, 120), torch.rand(3, 90, 70)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-    ]
-    return images, targets
 
 
 # ----------------------------------------------------------------------------- maths

@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torchvision
+from conftest import tiny_batch as batch
 from conftest import tiny_config
 
 from drmm import build_detector, detector_from_checkpoint
@@ -12,13 +13,6 @@ from drmm.models.sparse_rcnn import clean_boxes, decode_deltas
 from drmm.models.transform import boxes_to_original
 
 
-def batch(sizes=((3, 100, 120), (3, 90, 70))):
-    images = [torch.rand(*s) for s in sizes]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # no ground truth
-    ]
-    return images, targets
 
 
 def test_forward_backward_tiny(tiny_cfg):

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_batch as batch
 from conftest import tiny_config
 from scipy import special, stats
 from torchvision.ops import generalized_box_iou
@@ -233,13 +234,6 @@ def test_ablation_options_are_checked_and_built():
 
 # --- tiny detectors --------------------------------------------------------------------
 
-def batch():
-    images = [torch.rand(3, 100, 120), torch.rand(3, 90, 70)]
-    targets = [
-        {"boxes": torch.tensor([[10.0, 12.0, 50.0, 60.0], [30.0, 5.0, 90.0, 40.0]]), "labels": torch.tensor([1, 2])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
-    ]
-    return images, targets
 
 
 ABLATIONS = {

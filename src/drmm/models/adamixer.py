@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..structures import StageOutput
 from .backbone import LEVELS, STRIDES
-from .sparse_rcnn import keep_top, mlp_tower, relative_raw_scale
+from .sparse_rcnn import feedforward, keep_top, mlp_tower, output_layers, relative_raw_scale
 
 _MAX_LOG2_SIZE = 20.0  # boxes up to 2^20 px a side: a runaway z or r cannot overflow exp2 to inf
 
@@ -204,7 +204,6 @@ class AdaMixerStage(nn.Module):
                 f"'relative' (x query size) or 'pixels', got {cfg.delta_mode!r}"
             )
         self.relative_scale = cfg.delta_mode == "relative"
-        self.num_heads = cfg.num_heads
         self.self_attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.iof_tau = nn.Parameter(torch.zeros(cfg.num_heads))
         self.norm1 = nn.LayerNorm(d)
@@ -213,17 +212,12 @@ class AdaMixerStage(nn.Module):
         self.mixing = AdaptiveMixing(d, cfg.fpn_channels // groups, groups, cfg.sampling_points,
                                      cfg.mixing_out_points)
         self.norm2 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(
-            nn.Linear(d, cfg.dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.dim_feedforward, d),
-        )
+        self.ffn = feedforward(d, cfg.dim_feedforward, cfg.dropout)
         self.norm3 = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.cls_tower = mlp_tower(d, cfg.num_cls_layers, bias=True)  # AdaMixer's tower Linears have biases
         self.reg_tower = mlp_tower(d, cfg.num_reg_layers, bias=True)
-        mixture = head == "mixture"
-        self.cls_out = nn.Linear(d, cfg.num_classes + (1 if mixture else 0))
-        self.reg_out = nn.Linear(d, 8 if mixture else 4)
+        self.cls_out, self.reg_out = output_layers(d, cfg.num_classes, head)
 
     def reset_parameters(self) -> None:
         """After the decoder-wide Xavier init: AdaMixer's zero / prior initialisations."""

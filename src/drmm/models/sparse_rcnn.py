@@ -62,6 +62,17 @@ def keep_top(score: Tensor, ratio: float, *tensors: Tensor) -> list[Tensor]:
     return [torch.gather(t, 1, idx.expand(-1, -1, t.shape[-1])) for t in tensors]
 
 
+def feedforward(dim: int, hidden: int, dropout: float) -> nn.Sequential:
+    """The stages' FFN: Linear, ReLU, Dropout, Linear."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+
+def output_layers(dim: int, num_classes: int, head: str) -> tuple[nn.Linear, nn.Linear]:
+    """Class and box output layers: objectness + C logits and 4 deltas + 4 raw scales (mixture), or C and 4 (box)."""
+    mixture = head == "mixture"
+    return nn.Linear(dim, num_classes + (1 if mixture else 0)), nn.Linear(dim, 8 if mixture else 4)
+
+
 def mlp_tower(dim: int, layers: int, bias: bool = False) -> nn.Sequential:
     """``layers`` x (Linear, LayerNorm, ReLU): the class / box towers before the output layers."""
     mods: list[nn.Module] = []
@@ -104,17 +115,12 @@ class SparseRCNNStage(nn.Module):
         self.norm1 = nn.LayerNorm(d)
         self.dynamic_conv = DynamicConv(d, cfg.dynamic_dim, cfg.pooler_resolution)
         self.norm2 = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(
-            nn.Linear(d, cfg.dim_feedforward), nn.ReLU(inplace=True), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.dim_feedforward, d),
-        )
+        self.ffn = feedforward(d, cfg.dim_feedforward, cfg.dropout)
         self.norm3 = nn.LayerNorm(d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.cls_tower = mlp_tower(d, cfg.num_cls_layers)
         self.reg_tower = mlp_tower(d, cfg.num_reg_layers)
-        mixture = head == "mixture"
-        self.cls_out = nn.Linear(d, cfg.num_classes + (1 if mixture else 0))
-        self.reg_out = nn.Linear(d, 8 if mixture else 4)
+        self.cls_out, self.reg_out = output_layers(d, cfg.num_classes, head)
 
     def forward(
         self, roi_features: Tensor, boxes: Tensor, pro_features: Tensor
