@@ -12,16 +12,8 @@ from conftest import tiny_config
 from drmm import build_detector
 from drmm.config import Config, load_config
 from drmm.models import count_parameters
-from drmm.models.adamixer import (
-    AdaptiveMixing,
-    box_iof,
-    iof_attention_bias,
-    position_embedding,
-    sample_3d,
-    update_xyzr,
-    xyxy_to_xyzr,
-    xyzr_to_xyxy,
-)
+from drmm.models.adamixer import AdaptiveMixing, iof_attention_bias, position_embedding, sample_3d
+from drmm.models.box_ops import box_iof, update_xyzr, xyxy_to_xyzr, xyzr_to_xyxy
 from drmm.models.backbone import ChannelMapper, SwinBody
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,10 +228,10 @@ def test_stage_output_geometry_mixture_head():
     cfg = adamixer_config(num_stages=2)
     model = build_detector(cfg).eval()
     for stage in model.decoder.stages:  # make the regression non-trivial
-        torch.nn.init.normal_(stage.reg_out.weight, std=0.05)
+        torch.nn.init.normal_(stage.head.reg_out.weight, std=0.05)
     images, _ = batch()
     with torch.inference_mode():
-        _, stages = model(images, return_stages=True)
+        stages = model(images, return_stages=True)[1].stages
     s0, s1 = stages
     # Stage 0 starts from the whole (resized) image for every query.
     sizes = model.transform(images)[1]
@@ -253,10 +245,10 @@ def test_relative_scale_follows_query_size():
     cfg = adamixer_config(num_stages=1)
     model = build_detector(cfg).eval()
     stage = model.decoder.stages[0]
-    torch.nn.init.zeros_(stage.reg_out.weight)
-    torch.nn.init.zeros_(stage.reg_out.bias)
+    torch.nn.init.zeros_(stage.head.reg_out.weight)
+    torch.nn.init.zeros_(stage.head.reg_out.bias)
     with torch.inference_mode():
-        _, (s0,) = model([torch.rand(3, 96, 128)], return_stages=True)
+        (s0,) = model([torch.rand(3, 96, 128)], return_stages=True)[1].stages
     wh = s0.proposals[..., 2:] - s0.proposals[..., :2]
     # raw 0 -> softplus(0) = log 2 of the query's w, h; zero deltas keep mu on the query box.
     torch.testing.assert_close(F.softplus(s0.raw_scale), math.log(2) * torch.cat([wh, wh], -1), rtol=1e-4, atol=1e-4)
@@ -278,11 +270,11 @@ def test_topk_ratio_keeps_the_best_queries_with_their_boxes():
     cfg = adamixer_config(num_stages=3, topk_ratio=0.5)
     model = build_detector(cfg).eval()
     for stage in model.decoder.stages:
-        torch.nn.init.normal_(stage.reg_out.weight, std=0.05)
-        torch.nn.init.normal_(stage.cls_out.weight, std=0.5)
+        torch.nn.init.normal_(stage.head.reg_out.weight, std=0.05)
+        torch.nn.init.normal_(stage.head.cls_out.weight, std=0.5)
     images, _ = batch()
     with torch.inference_mode():
-        _, stages = model(images, return_stages=True)
+        stages = model(images, return_stages=True)[1].stages
     assert [s.boxes.shape[1] for s in stages] == [12, 6, 3]
     for prev, nxt in zip(stages, stages[1:]):
         keep = prev.objectness_logit.topk(nxt.boxes.shape[1], dim=1).indices
@@ -295,11 +287,11 @@ def test_stages_are_detached_from_each_other():
     cfg = adamixer_config(num_stages=2)
     model = build_detector(cfg).train()
     images, targets = batch()
-    _, stages = model(images, targets, return_stages=True)
+    stages = model(images, targets, return_stages=True)[1].stages
     (stages[1].boxes.sum() + stages[1].objectness_logit.sum()).backward()
     s0, s1 = model.decoder.stages
-    assert s0.reg_out.weight.grad is None  # the box path does not go back into stage 0's regression
-    assert s1.reg_out.weight.grad.abs().sum() > 0
+    assert s0.head.reg_out.weight.grad is None  # the box path does not go back into stage 0's regression
+    assert s1.head.reg_out.weight.grad.abs().sum() > 0
     assert s0.norm3.weight.grad.abs().sum() > 0  # the content path does (as in AdaMixer)
 
 

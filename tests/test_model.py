@@ -9,8 +9,7 @@ from drmm import build_detector, detector_from_checkpoint
 from drmm.config import Config
 from drmm.models import count_parameters
 from drmm.models.proposals import grid_shape, init_proposal_boxes
-from drmm.models.sparse_rcnn import clean_boxes, decode_deltas
-from drmm.models.transform import boxes_to_original
+from drmm.models.box_ops import boxes_to_original, clean_boxes, decode_deltas
 
 
 
@@ -51,7 +50,8 @@ def test_scores_are_class_prob_times_objectness(tiny_cfg):
     model = build_detector(tiny_cfg).eval()
     images, _ = batch()
     with torch.inference_mode():
-        out, stages = model(images, return_stages=True)
+        out, trace = model(images, return_stages=True)
+        stages = trace.stages
     last = stages[-1]
     assert len(stages) == tiny_cfg.model.num_stages
     params = model.mixture_parameters(last)
@@ -200,7 +200,7 @@ def test_bad_labels_and_box_order_are_errors(tiny_cfg):
 def test_heads_stay_fp32_under_bf16_autocast(tiny_cfg):
     model = build_detector(tiny_cfg).eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        _, stages = model([torch.rand(3, 100, 120)], return_stages=True)
+        stages = model([torch.rand(3, 100, 120)], return_stages=True)[1].stages
     assert stages[-1].boxes.dtype == torch.float32 and stages[-1].raw_scale.dtype == torch.float32
 
 
@@ -256,9 +256,11 @@ def test_optimize_for_inference_keeps_the_detections():
                 m.bias.normal_(0, 0.1)
     images = [torch.rand(3, 120, 150), torch.rand(3, 100, 160)]
     with torch.inference_mode():
-        ref, ref_stages = model(images, return_stages=True)
+        ref, ref_trace = model(images, return_stages=True)
+        ref_stages = ref_trace.stages
         model.optimize_for_inference()
-        out, stages = model(images, return_stages=True)
+        out, trace = model(images, return_stages=True)
+        stages = trace.stages
     assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in body.modules())  # all 20 folded
     assert body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(stages[-1].boxes, ref_stages[-1].boxes, rtol=1e-4, atol=1e-3)

@@ -168,7 +168,7 @@ def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: s
     val = CocoDetection(paths.val_ann, paths.val_images, train=False)
     check_class_mapping(val, ckpt, model.cfg.model.num_classes, run_dir / "last.pt")
     evaluate(model, val, vdir / "eval", batch_size=model.cfg.train.batch_size, device=dev,
-             num_workers=model.cfg.train.num_workers, diagnostics=model.head == "mixture", nms_sweep=True,
+             num_workers=model.cfg.train.num_workers, diagnostics=model.is_mixture, nms_sweep=True,
              progress=progress, title=name)
 
 

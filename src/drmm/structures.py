@@ -1,4 +1,4 @@
-"""Small shared data structures: one decoder stage's output and padded targets."""
+"""Small shared data structures: one decoder stage's output, a forward pass's trace, padded targets."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,9 +23,18 @@ class StageOutput:
     raw_scale: Tensor | None = None  # [B, K, 4]
     features: Tensor | None = None  # [B, K, D] proposal features after the stage
 
-    @property
-    def mu(self) -> Tensor:
-        return self.boxes
+
+@dataclass
+class ForwardTrace:
+    """What a forward pass computed besides its result (``model(..., return_stages=True)``).
+
+    Everything is in the coordinates of the resized model inputs.
+    """
+
+    stages: list[StageOutput]  # one per decoder stage
+    image_sizes: list[tuple[int, int]]  # (h, w) of each resized image
+    targets: list[dict[str, Tensor]] | None = None  # the targets given, resized like the images
+    components: Tensor | None = None  # [B, top] eval mode: the component of each detection
 
 
 def pad_targets(targets: list[dict[str, Tensor]], device: torch.device | None = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -78,7 +78,7 @@ def run_inference(
     The model is put in eval mode and its previous mode restored afterwards.
     """
     net = _unwrap(model)
-    if (keep_mixture or diagnostics) and getattr(net, "head", None) != "mixture":
+    if (keep_mixture or diagnostics) and not getattr(net, "is_mixture", False):
         raise ValueError("class probability / objectness and NLL/MCM diagnostics need the D-RMM mixture head")
     dev = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -96,19 +96,16 @@ def run_inference(
         with torch.inference_mode():
             for images, targets in tqdm(loader, desc="eval", unit="batch", disable=not progress):
                 images = [img.to(dev, non_blocking=True) for img in images]
-                stages = None
-                if diagnostics:  # Detector.forward in eval mode, keeping the resized targets
+                gts = None
+                if diagnostics:  # resized with the images, for the losses on model inputs
                     gts = [{"boxes": t["boxes"].to(dev), "labels": t["labels"].to(dev)} for t in targets]
-                    original_sizes = [tuple(img.shape[-2:]) for img in images]
-                    batch, sizes, resized = net.transform(images, gts)
-                    stages = net.decode(batch, sizes)
-                    dets = net.postprocess(stages[-1], sizes, original_sizes)
-                    _accumulate_losses(net, stages, resized, sums)
-                elif keep_mixture:
-                    dets, stages = net(images, return_stages=True)
-                else:
-                    dets = net(images)
-                mix = _kept_mixture(net, stages[-1], dets) if keep_mixture else None
+                if keep_mixture or diagnostics:
+                    dets, trace = net(images, gts, return_stages=True)
+                else:  # any model returning torchvision-style detections
+                    dets, trace = net(images), None
+                if diagnostics:
+                    _accumulate_losses(net, trace.stages, trace.targets, sums)
+                mix = _kept_mixture(net, trace, dets) if keep_mixture else None
                 for i, (det, tgt) in enumerate(zip(dets, targets, strict=True)):
                     image_id = int(tgt["image_id"])
                     if image_id in seen:  # a skipped unreadable image was replaced by a later one
@@ -128,13 +125,12 @@ def run_inference(
     return detections, image_ids, extras
 
 
-def _kept_mixture(net: nn.Module, stage, dets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
-    """p and o of the (component, class) pairs the model kept (the same ``Detector.top_pairs``)."""
-    _, comp, cls = net.top_pairs(stage)
-    params = net.mixture_parameters(stage)
+def _kept_mixture(net: nn.Module, trace, dets: list[dict[str, Tensor]]) -> tuple[list[Tensor], list[Tensor]]:
+    """p and o of the (component, class) pairs the post-processing kept, aligned with the detections."""
+    params = net.mixture_parameters(trace.stages[-1])
     ps, os_ = [], []
-    for i in range(len(dets)):
-        k, c = comp[i], cls[i]
+    for i, det in enumerate(dets):
+        k, c = trace.components[i], det["labels"]
         ps.append(params["class_prob"][i, k, c].float().cpu())
         os_.append(params["objectness"][i, k].float().cpu())
     return ps, os_
@@ -223,7 +219,7 @@ def evaluate(
     only affect ECE and the figures; COCO metrics use every detection.
     """
     net = _unwrap(model)
-    mixture = getattr(net, "head", None) == "mixture"
+    mixture = getattr(net, "is_mixture", False)
     if diagnostics and not mixture:
         raise ValueError("--diagnostics (validation NLL / MCM) needs the D-RMM mixture head")
     dets, ids, extras = run_inference(model, dataset, batch_size, device, num_workers, progress,

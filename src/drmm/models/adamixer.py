@@ -1,4 +1,4 @@
-"""AdaMixer decoder (Gao et al. 2022) with a D-RMM mixture head or a box head.
+"""AdaMixer decoder (Gao et al. 2022): adaptive 3D sampling and mixing stages.
 
 A query is a content vector and a box in ``(x, y, z, r)``: centre in pixels,
 ``z = log2(sqrt(w h))``, ``r = log2(h / w)``. Each stage:
@@ -11,19 +11,18 @@ A query is a content vector and a box in ``(x, y, z, r)``: centre in pixels,
    mixes the levels with softmax weights over ``-(z_s - log2(stride))^2 / 2``;
 3. adaptive mixing: the content generates a channel-mixing matrix (C_g x C_g) and a
    spatial-mixing matrix (out points x P) per group, applied to the sampled points;
-4. FFN, then the heads.
+4. FFN, then the stage's head (:mod:`drmm.models.heads`).
 
 Box update (both heads): the regression branch gives ``(dx, dy, dz, dr)`` and the
 new box is ``x, y += (dx, dy) * 2^z``, ``z, r += (dz, dr)``, converted to xyxy
 with ``w = 2^(z - r/2)``, ``h = 2^(z + r/2)``.
 
-* ``head="mixture"`` (D-RMM): the regression branch gives 8 values, the xyzr delta
-  and 4 raw Cauchy scales. ``mu`` is the updated box's corners (so mu is the
-  AdaMixer box prediction, as ``proposal + delta`` is for Sparse R-CNN). The scales
-  are relative to the query box (``softplus(raw) * (w, h, w, h)``) with
-  ``delta_mode: relative``, or in pixels with ``delta_mode: pixels``.
-  Objectness + C class logits as for Sparse R-CNN.
-* ``head="box"`` (Hungarian baseline): C class logits (prior 0.01) and the xyzr delta.
+* D-RMM's mixture head: the regression branch gives 8 values, the xyzr delta and 4
+  raw Cauchy scales. ``mu`` is the updated box's corners (so mu is the AdaMixer box
+  prediction, as ``proposal + offset`` is for Sparse R-CNN). The scales are relative
+  to the query box (``softplus(raw) * (w, h, w, h)``; config ``delta_mode: relative``)
+  or in pixels (``delta_mode: pixels``): for AdaMixer that setting only chooses the scale.
+* The baseline's box head: C class logits (prior 0.01) and the xyzr delta.
 
 The next stage's query box is this stage's updated box (``mu`` for D-RMM),
 detached, as ``(x, y, z, r)`` (not clipped; points outside the image read zeros).
@@ -33,44 +32,16 @@ image) and are not learned.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import ModelConfig
 from ..structures import StageOutput
 from .backbone import LEVELS, STRIDES
-from .sparse_rcnn import feedforward, keep_top, mlp_tower, output_layers, relative_raw_scale
-
-_MAX_LOG2_SIZE = 20.0  # boxes up to 2^20 px a side: a runaway z or r cannot overflow exp2 to inf
-
-
-def xyxy_to_xyzr(boxes: Tensor) -> Tensor:
-    """``[..., 4]`` corners -> ``(x, y, z, r)``: centre, log2 of the geometric-mean side, log2 aspect h / w."""
-    wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1e-3)
-    ctr = 0.5 * (boxes[..., :2] + boxes[..., 2:])
-    z = 0.5 * torch.log2(wh[..., 0] * wh[..., 1])
-    r = torch.log2(wh[..., 1] / wh[..., 0])
-    return torch.cat([ctr, z[..., None], r[..., None]], dim=-1)
-
-
-def xyzr_wh(xyzr: Tensor) -> Tensor:
-    """``[..., 2]`` box width and height: ``w = 2^(z - r/2)``, ``h = 2^(z + r/2)``."""
-    z, r = xyzr[..., 2:3], xyzr[..., 3:4]
-    return torch.exp2(torch.cat([z - 0.5 * r, z + 0.5 * r], dim=-1).clamp(max=_MAX_LOG2_SIZE))
-
-
-def xyzr_to_xyxy(xyzr: Tensor) -> Tensor:
-    """Inverse of :func:`xyxy_to_xyzr`."""
-    wh = xyzr_wh(xyzr)
-    return torch.cat([xyzr[..., :2] - 0.5 * wh, xyzr[..., :2] + 0.5 * wh], dim=-1)
-
-
-def update_xyzr(xyzr: Tensor, delta: Tensor) -> Tensor:
-    """AdaMixer's box update: ``x, y += (dx, dy) * 2^z``; ``z, r += (dz, dr)``."""
-    step = torch.exp2(xyzr[..., 2:3].clamp(max=_MAX_LOG2_SIZE))
-    return torch.cat([xyzr[..., :2] + delta[..., :2] * step, xyzr[..., 2:] + delta[..., 2:]], dim=-1)
+from .box_ops import box_iof, update_xyzr, xyxy_to_xyzr, xyzr_to_xyxy, xyzr_wh
+from .layers import check_topk_ratio, feedforward, keep_top
 
 
 def position_embedding(xyzr: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -81,15 +52,6 @@ def position_embedding(xyzr: Tensor, dim: int, temperature: float = 10000.0) -> 
     pos = coords[..., None] / freq  # [..., 4, dim]
     emb = torch.stack([pos[..., 0::2].sin(), pos[..., 1::2].cos()], dim=-1).flatten(-2)  # sin, cos interleaved
     return emb.flatten(-2)
-
-
-def box_iof(boxes: Tensor) -> Tensor:
-    """``[B, N, N]``: intersection of boxes i and j over the area of box i (xyxy)."""
-    lt = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
-    rb = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area = (boxes[..., 2:] - boxes[..., :2]).prod(-1).clamp(min=1e-6)
-    return inter / area[:, :, None]
 
 
 def iof_attention_bias(boxes: Tensor, tau: Tensor, eps: float = 1e-7) -> Tensor:
@@ -192,45 +154,38 @@ class AdaptiveMixing(nn.Module):
 
 
 class AdaMixerStage(nn.Module):
-    """One AdaMixer stage: IoF-biased self-attention, 3D sampling, adaptive mixing, FFN, heads, box update."""
+    """One AdaMixer stage: IoF-biased self-attention, 3D sampling, adaptive mixing, FFN, head, box update.
 
-    def __init__(self, cfg: ModelConfig, head: str) -> None:
+    ``feature_channels`` is the width of the neck's maps (each of the ``groups``
+    sampling groups reads ``feature_channels / groups`` of them); ``make_head()``
+    builds the stage's head (last, so parameters are created in the released order).
+    """
+
+    def __init__(self, make_head: Callable[[], nn.Module], dim: int, num_heads: int, dim_feedforward: int,
+                 feature_channels: int, groups: int, points: int, out_points: int, dropout: float = 0.0) -> None:
         super().__init__()
-        d = cfg.hidden_dim
-        self.head = head
-        if cfg.delta_mode not in ("pixels", "relative"):
-            raise ValueError(
-                f"AdaMixer moves boxes in (x, y, z, r); delta_mode only sets the Cauchy scale: "
-                f"'relative' (x query size) or 'pixels', got {cfg.delta_mode!r}"
-            )
-        self.relative_scale = cfg.delta_mode == "relative"
-        self.self_attn = nn.MultiheadAttention(d, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
-        self.iof_tau = nn.Parameter(torch.zeros(cfg.num_heads))
-        self.norm1 = nn.LayerNorm(d)
-        groups = cfg.sampling_groups
-        self.sampling = AdaptiveSampling(d, groups, cfg.sampling_points)
-        self.mixing = AdaptiveMixing(d, cfg.fpn_channels // groups, groups, cfg.sampling_points,
-                                     cfg.mixing_out_points)
-        self.norm2 = nn.LayerNorm(d)
-        self.ffn = feedforward(d, cfg.dim_feedforward, cfg.dropout)
-        self.norm3 = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(cfg.dropout)
-        self.cls_tower = mlp_tower(d, cfg.num_cls_layers, bias=True)  # AdaMixer's tower Linears have biases
-        self.reg_tower = mlp_tower(d, cfg.num_reg_layers, bias=True)
-        self.cls_out, self.reg_out = output_layers(d, cfg.num_classes, head)
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.iof_tau = nn.Parameter(torch.zeros(num_heads))
+        self.norm1 = nn.LayerNorm(dim)
+        self.sampling = AdaptiveSampling(dim, groups, points)
+        self.mixing = AdaptiveMixing(dim, feature_channels // groups, groups, points, out_points)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = feedforward(dim, dim_feedforward, dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = make_head()
 
     def reset_parameters(self) -> None:
         """After the decoder-wide Xavier init: AdaMixer's zero / prior initialisations."""
         nn.init.uniform_(self.iof_tau, 0.0, 4.0)
         self.sampling.reset_parameters()
         self.mixing.reset_parameters()
-        nn.init.zeros_(self.reg_out.weight)
-        nn.init.zeros_(self.reg_out.bias)
-        if self.head == "box":
-            nn.init.constant_(self.cls_out.bias, -math.log((1 - 0.01) / 0.01))
+        nn.init.zeros_(self.head.reg_out.weight)  # every stage starts as the identity box update
+        nn.init.zeros_(self.head.reg_out.bias)
+        self.head.reset_parameters()
 
-    def forward(self, features: list[Tensor], xyzr: Tensor, content: Tensor) -> tuple[StageOutput, Tensor, Tensor]:
-        """``xyzr [B, K, 4]`` (detached), ``content [B, K, D]`` -> (output, new content, new xyzr)."""
+    def forward(self, features: list[Tensor], xyzr: Tensor, content: Tensor) -> tuple[StageOutput, Tensor]:
+        """``xyzr [B, K, 4]`` (detached), ``content [B, K, D]`` -> (output, the updated xyzr boxes)."""
         boxes = xyzr_to_xyxy(xyzr)
         bias = iof_attention_bias(boxes, self.iof_tau).to(content.dtype)
         q = content + position_embedding(xyzr, content.shape[-1] // 4).to(content.dtype)
@@ -239,42 +194,18 @@ class AdaMixerStage(nn.Module):
         sampled = self.sampling(features, content, xyzr)
         content = self.norm2(content + self.dropout(self.mixing(sampled, content)))
         content = self.norm3(content + self.dropout(self.ffn(content)))
-
-        cls_feat, reg_feat = self.cls_tower(content), self.reg_tower(content)
-        with torch.autocast(content.device.type, enabled=False):  # boxes need fp32
-            cls = self.cls_out(cls_feat.float())
-            reg = self.reg_out(reg_feat.float())
-            xyzr, boxes = xyzr.float(), boxes.float()
-        new_xyzr = update_xyzr(xyzr, reg[..., :4])
-        new_boxes = xyzr_to_xyxy(new_xyzr)
-        if self.head == "mixture":
-            raw_scale = reg[..., 4:]
-            if self.relative_scale:
-                wh = (boxes[..., 2:] - boxes[..., :2]).clamp(min=1.0)
-                raw_scale = relative_raw_scale(raw_scale, torch.cat([wh, wh], dim=-1))
-            out = StageOutput(boxes, new_boxes, cls[..., 1:], cls[..., 0], raw_scale, content)
-        else:
-            out = StageOutput(boxes, new_boxes, cls, features=content)
-        return out, content, new_xyzr
+        cls, reg = self.head(content)
+        new_xyzr = update_xyzr(xyzr.float(), reg[..., :4])
+        return self.head.output(boxes.float(), xyzr_to_xyxy(new_xyzr), cls, reg, content), new_xyzr
 
 
 class AdaMixerDecoder(nn.Module):
-    """``num_stages`` AdaMixer stages on the neck's P2-P5; same call as the Sparse R-CNN decoder."""
+    """The stages in sequence on the neck's P2-P5; same call as the Sparse R-CNN decoder."""
 
-    def __init__(self, cfg: ModelConfig, head: str = "mixture") -> None:
+    def __init__(self, stages: list[AdaMixerStage], topk_ratio: float = 1.0) -> None:
         super().__init__()
-        if head not in ("mixture", "box"):
-            raise ValueError(f"head must be 'mixture' or 'box', got {head!r}")
-        if cfg.fpn_channels != cfg.hidden_dim:
-            raise ValueError(f"AdaMixer needs fpn_channels == hidden_dim, got {cfg.fpn_channels} and {cfg.hidden_dim}")
-        if cfg.hidden_dim % cfg.sampling_groups or cfg.hidden_dim % (4 * 2):
-            raise ValueError(f"hidden_dim ({cfg.hidden_dim}) must be divisible by sampling_groups "
-                             f"({cfg.sampling_groups}) and by 8 (position embedding)")
-        if not 0 < cfg.topk_ratio <= 1:
-            raise ValueError(f"topk_ratio must be in (0, 1], got {cfg.topk_ratio}")
-        self.head = head
-        self.topk_ratio = cfg.topk_ratio
-        self.stages = nn.ModuleList(AdaMixerStage(cfg, head) for _ in range(cfg.num_stages))
+        self.stages = nn.ModuleList(stages)
+        self.topk_ratio = check_topk_ratio(topk_ratio)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -284,23 +215,17 @@ class AdaMixerDecoder(nn.Module):
         for stage in self.stages:
             stage.reset_parameters()
 
-    def forward(
-        self,
-        features: dict[str, Tensor],
-        boxes: Tensor,
-        content: Tensor,
-        image_sizes: list[tuple[int, int]],
-    ) -> list[StageOutput]:
+    def forward(self, features: dict[str, Tensor], boxes: Tensor, content: Tensor,
+                image_sizes: list[tuple[int, int]]) -> list[StageOutput]:
         """One :class:`StageOutput` per stage. ``image_sizes`` is unused: boxes are not clipped between stages."""
         feats = [features[name] for name in LEVELS]
         xyzr = xyxy_to_xyzr(boxes.detach().float())
         content = F.layer_norm(content, content.shape[-1:])  # AdaMixer: initial content normalised, no affine
         outputs = []
         for i, stage in enumerate(self.stages):
-            out, content, xyzr = stage(feats, xyzr, content)
+            out, xyzr = stage(feats, xyzr, content)
             outputs.append(out)
-            xyzr = xyzr.detach()
+            xyzr, content = xyzr.detach(), out.features
             if self.topk_ratio < 1 and i < len(self.stages) - 1:
-                score = out.objectness_logit if self.head == "mixture" else out.class_logits.amax(-1)
-                xyzr, content = keep_top(score.detach(), self.topk_ratio, xyzr, content)
+                xyzr, content = keep_top(stage.head.ranking(out).detach(), self.topk_ratio, xyzr, content)
         return outputs

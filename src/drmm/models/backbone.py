@@ -205,7 +205,6 @@ class Backbone(nn.Module):
         self.neck = FeaturePyramidNetwork(in_channels, out_channels) if neck == "fpn" else ChannelMapper(
             in_channels, out_channels)
         self.out_channels = out_channels
-        self.strides = STRIDES
 
     def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
         feats = self.neck(self.body(x))

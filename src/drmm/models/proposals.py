@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .box_ops import image_whwh
+
 
 def grid_shape(n: int, aspect: float = 4 / 3) -> tuple[int, int]:
     """Rows x cols with rows * cols >= n closest to ``aspect`` (300 -> 15 x 20 as released)."""
@@ -46,7 +48,7 @@ class Proposals(nn.Module):
         """Absolute xyxy boxes ``[B, N, 4]`` for each image's (h, w) and features ``[B, N, D]``."""
         cxcywh = self.boxes.weight
         xyxy = torch.cat([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], dim=1)
-        whwh = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=xyxy.dtype, device=xyxy.device)
+        whwh = image_whwh(image_sizes, xyxy.dtype, xyxy.device)
         boxes = xyxy[None] * whwh[:, None]
         feats = self.features.weight[None].expand(len(image_sizes), -1, -1)
         return boxes, feats

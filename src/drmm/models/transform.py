@@ -105,13 +105,3 @@ class ImageTransform(nn.Module):
         for i, img in enumerate(out_imgs):
             batch[i, :, : img.shape[1], : img.shape[2]] = img
         return batch, sizes, (out_tgts if targets is not None else None)
-
-
-def boxes_to_original(boxes: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
-    """Map xyxy boxes from the resized input back to the original image and clip to it."""
-    (rh, rw), (oh, ow) = resized, original
-    ratio = boxes.new_tensor([ow / rw, oh / rh, ow / rw, oh / rh])
-    boxes = boxes * ratio
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
-    return boxes

@@ -59,6 +59,8 @@ class DRMMObjective(nn.Module):
     docstring for the ablation modes.
     """
 
+    head = "mixture"  # the head it trains (drmm.models.heads.HEADS)
+
     def __init__(
         self,
         beta: float = 0.5,

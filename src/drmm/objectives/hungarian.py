@@ -82,6 +82,8 @@ class HungarianObjective(nn.Module):
     weighted, so the total loss is the sum of the values.
     """
 
+    head = "box"  # the head it trains (drmm.models.heads.HEADS)
+
     def __init__(
         self,
         cls_weight: float = 2.0,

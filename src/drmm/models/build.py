@@ -1,0 +1,118 @@
+"""Builders: a :class:`Detector` from a config, or from a checkpoint (old layouts remapped).
+
+This is the one place that reads :class:`~drmm.config.ModelConfig`; the modules
+are handed the values they use.
+"""
+from __future__ import annotations
+
+import re
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config, ModelConfig
+from ..objectives import build_objective
+from .adamixer import AdaMixerDecoder, AdaMixerStage
+from .backbone import LEVELS, build_backbone
+from .detector import Detector
+from .heads import HEADS
+from .poolers import build_pooler
+from .postprocess import TopKPostProcess
+from .proposals import Proposals
+from .sparse_rcnn import SparseRCNNDecoder, SparseRCNNStage
+from .transform import ImageTransform
+
+ARCHITECTURES = ("sparse_rcnn", "adamixer")
+DELTA_MODES = {"sparse_rcnn": ("pixels", "proposal", "relative"), "adamixer": ("pixels", "relative")}
+
+
+def build_decoder(m: ModelConfig, head: str, min_scale_ratio: float) -> nn.Module:
+    """The stages of ``m.architecture`` with the head named ``head`` (``objective.head``)."""
+    if m.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {m.architecture!r}; available: {', '.join(map(repr, ARCHITECTURES))}")
+    if m.delta_mode not in DELTA_MODES[m.architecture]:
+        raise ValueError(
+            f"model.delta_mode must be one of {DELTA_MODES[m.architecture]} for {m.architecture}, got {m.delta_mode!r}"
+            + (" (AdaMixer moves boxes in (x, y, z, r); delta_mode only sets the Cauchy scale)"
+               if m.architecture == "adamixer" else ""))
+    if m.fpn_channels != m.hidden_dim:
+        raise ValueError(f"{m.architecture} needs fpn_channels == hidden_dim, got {m.fpn_channels} and {m.hidden_dim}")
+    head_kwargs = {}
+    if head == "mixture":  # the mixture head's options; the box head has none
+        head_kwargs = dict(relative_offsets=m.delta_mode in ("proposal", "relative"),
+                           relative_scales=m.delta_mode == "relative", min_scale_ratio=min_scale_ratio)
+    make_head = partial(HEADS[head], m.hidden_dim, m.num_classes, m.num_cls_layers, m.num_reg_layers,
+                        tower_bias=m.architecture == "adamixer", **head_kwargs)  # AdaMixer's towers have biases
+    if m.architecture == "sparse_rcnn":
+        pooler = build_pooler(m.pooler, list(LEVELS), m.pooler_resolution, m.sampling_ratio)
+        stages = [SparseRCNNStage(make_head, m.hidden_dim, m.num_heads, m.dim_feedforward, m.dynamic_dim,
+                                  m.pooler_resolution, m.dropout) for _ in range(m.num_stages)]
+        return SparseRCNNDecoder(stages, pooler, m.topk_ratio)
+    if m.hidden_dim % m.sampling_groups or m.hidden_dim % 8:
+        raise ValueError(f"hidden_dim ({m.hidden_dim}) must be divisible by sampling_groups "
+                         f"({m.sampling_groups}) and by 8 (position embedding)")
+    stages = [AdaMixerStage(make_head, m.hidden_dim, m.num_heads, m.dim_feedforward, m.fpn_channels,
+                            m.sampling_groups, m.sampling_points, m.mixing_out_points, m.dropout)
+              for _ in range(m.num_stages)]
+    return AdaMixerDecoder(stages, m.topk_ratio)
+
+
+def build_detector(cfg: Config | None = None) -> Detector:
+    """A :class:`Detector` from a :class:`~drmm.config.Config` (defaults: D-RMM Sparse R-CNN R50)."""
+    cfg = cfg or Config()
+    m = cfg.model
+    objective = build_objective(cfg.objective)
+    transform = ImageTransform(m.min_size, m.max_size, m.pixel_mean, m.pixel_std, m.size_divisible,
+                               m.train_min_sizes, m.num_classes)
+    backbone = build_backbone(m)
+    proposals = Proposals(m.num_proposals, m.hidden_dim, m.proposal_init, m.proposal_size)
+    if m.architecture == "adamixer":
+        proposals.boxes.weight.requires_grad_(False)  # AdaMixer's initial query boxes are not learned
+    decoder = build_decoder(m, objective.head, cfg.objective.min_scale_ratio)
+    return Detector(transform, backbone, proposals, decoder, objective, TopKPostProcess(m.detections_per_image), cfg)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+_OLD_HEAD_KEY = re.compile(r"^(decoder\.stages\.\d+\.)(cls_tower|reg_tower|cls_out|reg_out)\.")
+
+
+def remap_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Keys of checkpoints written before the heads became modules (drmm 0.1.0) in today's layout.
+
+    ``decoder.stages.N.cls_out.weight`` -> ``decoder.stages.N.head.cls_out.weight`` (and the
+    towers, ``reg_out``); every other key is unchanged.
+    """
+    return {_OLD_HEAD_KEY.sub(r"\1head.\2.", k): v for k, v in state.items()}
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a drmm checkpoint with ``weights_only=True`` and check its contents."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise RuntimeError(f"{path} is not a drmm checkpoint (needs 'model' and 'config' entries)")
+    ckpt["model"] = remap_state_dict(ckpt["model"])
+    return ckpt
+
+
+def detector_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Detector, dict]:
+    """Rebuild the model saved in a checkpoint (config inside it); returns (model in eval mode, checkpoint)."""
+    ckpt = load_checkpoint(path, map_location)
+    cfg = Config.from_dict(ckpt["config"], f"{path}:config")
+    cfg.model.pretrained = None  # the weights come from the checkpoint
+    model = build_detector(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt

@@ -1,0 +1,44 @@
+"""NMS-free post-processing: the top-k (component, class) pairs of each image.
+
+Used by the detector at inference, by evaluation (which needs to know which pairs
+were kept) and by export. The NMS and winner-take-all ablations of the paper live
+with the evaluation code, not here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .box_ops import boxes_to_original, clean_boxes
+
+
+class TopKPostProcess(nn.Module):
+    """Keep the ``detections_per_image`` highest of the K x C pair scores per image; no NMS."""
+
+    def __init__(self, detections_per_image: int = 100) -> None:
+        super().__init__()
+        if detections_per_image < 1:
+            raise ValueError(f"detections_per_image must be >= 1, got {detections_per_image}")
+        self.detections_per_image = detections_per_image
+
+    def select(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``scores [B, K, C]`` -> the kept ``(scores, components, classes)``, each ``[B, top]``, best first."""
+        B, K, C = scores.shape
+        values, idx = scores.flatten(1).topk(min(self.detections_per_image, K * C), dim=1)
+        return values, idx // C, idx % C
+
+    @torch.no_grad()
+    def forward(self, scores: Tensor, boxes: Tensor, image_sizes: list[tuple[int, int]],
+                original_sizes: list[tuple[int, int]]) -> tuple[list[dict[str, Tensor]], Tensor]:
+        """Detections in each image's original coordinates, and the kept component of each ``[B, top]``.
+
+        ``scores [B, K, C]`` pair confidences, ``boxes [B, K, 4]`` in the coordinates of
+        the resized inputs of sizes ``image_sizes``; boxes are cleaned (corners in
+        order, clipped), scaled back to ``original_sizes`` and clipped again.
+        Returns ``[{"boxes" [top, 4], "scores" [top], "labels" [top]}]`` per image.
+        """
+        values, comp, cls = self.select(scores)
+        boxes = clean_boxes(boxes.float(), image_sizes)
+        dets = [{"boxes": boxes_to_original(boxes[i, comp[i]], image_sizes[i], original_sizes[i]),
+                 "scores": values[i], "labels": cls[i]} for i in range(len(image_sizes))]
+        return dets, comp
