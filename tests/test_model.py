@@ -1,4 +1,6 @@
 """The detector: build, forward/backward, eval outputs, parameter counts, checkpoints."""
+import math
+
 import pytest
 import torch
 import torchvision
@@ -46,19 +48,102 @@ def test_eval_output_format_and_ranges(tiny_cfg):
         assert det["labels"].dtype == torch.int64 and det["labels"].max() < 3
 
 
-def test_scores_are_class_prob_times_objectness(tiny_cfg):
+def test_detections_are_the_top_class_prob_times_objectness_pairs(tiny_cfg):
+    """Scores, labels and boxes against a brute-force loop over every (component, class) pair."""
     model = build_detector(tiny_cfg).eval()
     images, _ = batch()
     with torch.inference_mode():
         out, trace = model(images, return_stages=True)
-        stages = trace.stages
-    last = stages[-1]
-    assert len(stages) == tiny_cfg.model.num_stages
-    params = model.mixture_parameters(last)
-    expected = (params["class_prob"] * params["objectness"][..., None])[0].flatten().sort(descending=True).values
-    torch.testing.assert_close(out[0]["scores"], expected[: len(out[0]["scores"])])
-    torch.testing.assert_close(params["pi"].sum(-1), torch.ones(2))
-    assert (params["gamma"] > 0).all()
+    last = trace.stages[-1]
+    assert len(trace.stages) == tiny_cfg.model.num_stages
+    for i, det in enumerate(out):
+        pairs = []
+        for k in range(last.class_logits.shape[1]):
+            o = 1 / (1 + math.exp(-float(last.objectness_logit[i, k])))
+            logits = [float(v) for v in last.class_logits[i, k]]
+            z = sum(math.exp(v) for v in logits)
+            pairs += [(math.exp(v) / z * o, k, c) for c, v in enumerate(logits)]
+        pairs.sort(key=lambda t: -t[0])
+        top = pairs[: len(det["scores"])]
+        torch.testing.assert_close(det["scores"], torch.tensor([t[0] for t in top]), rtol=1e-5, atol=1e-6)
+        assert det["labels"].tolist() == [t[2] for t in top]
+        assert trace.components[i].tolist() == [t[1] for t in top]
+        (h, w), (oh, ow) = trace.image_sizes[i], images[i].shape[-2:]
+        for box, (_, k, _) in zip(det["boxes"], top):  # mu of the kept component, in the original image
+            x1, y1, x2, y2 = (float(v) for v in last.boxes[i, k])
+            x1, x2 = min(max(min(x1, x2), 0), w - 1), max(min(max(x1, x2), w), min(max(min(x1, x2), 0), w - 1) + 1)
+            y1, y2 = min(max(min(y1, y2), 0), h - 1), max(min(max(y1, y2), h), min(max(min(y1, y2), 0), h - 1) + 1)
+            ref = [min(max(x1 * ow / w, 0), ow), min(max(y1 * oh / h, 0), oh),
+                   min(max(x2 * ow / w, 0), ow), min(max(y2 * oh / h, 0), oh)]
+            torch.testing.assert_close(box, torch.tensor(ref), rtol=1e-5, atol=1e-4)
+
+
+def test_mixture_parameters_by_hand(tiny_cfg):
+    """pi = sigmoid(o) / sum, gamma = max(softplus(raw), 0.04 x box side), p = softmax (paper eqs. 2-3)."""
+    model = build_detector(tiny_cfg).eval()
+    with torch.inference_mode():
+        stage = model(batch()[0], return_stages=True)[1].stages[-1]
+    params = model.mixture_parameters(stage)
+    i, k = 1, 5
+    sig = [1 / (1 + math.exp(-float(v))) for v in stage.objectness_logit[i]]
+    assert float(params["pi"][i, k]) == pytest.approx(sig[k] / sum(sig), rel=1e-5)
+    assert float(params["objectness"][i, k]) == pytest.approx(sig[k], rel=1e-5)
+    x1, y1, x2, y2 = (float(v) for v in stage.boxes[i, k])
+    sides = [max(x2 - x1, 1.0), max(y2 - y1, 1.0)] * 2
+    for j in range(4):
+        softplus = math.log1p(math.exp(float(stage.raw_scale[i, k, j])))
+        assert float(params["gamma"][i, k, j]) == pytest.approx(max(softplus, 0.04 * sides[j]), rel=1e-5)
+    logits = [float(v) for v in stage.class_logits[i, k]]
+    z = sum(math.exp(v) for v in logits)
+    torch.testing.assert_close(params["class_prob"][i, k], torch.tensor([math.exp(v) / z for v in logits]))
+    with pytest.raises(ValueError, match="only for the D-RMM head"):
+        cfg = tiny_config()
+        cfg.objective.name = "hungarian"
+        build_detector(cfg).mixture_parameters(stage)
+
+
+def test_mixture_head_moves_boxes_as_configured():
+    from drmm.models.heads import MixtureHead
+
+    proposals = torch.tensor([[[10.0, 20.0, 50.0, 100.0]]])  # w 40, h 80
+    offsets = torch.tensor([[[1.0, -1.0, 0.5, 0.25]]])
+    released = MixtureHead(8, 2, 1, 1).decode(offsets, proposals)
+    torch.testing.assert_close(released, torch.tensor([[[11.0, 19.0, 50.5, 100.25]]]))
+    relative = MixtureHead(8, 2, 1, 1, relative_offsets=True).decode(offsets, proposals)
+    torch.testing.assert_close(relative, torch.tensor([[[50.0, -60.0, 70.0, 120.0]]]))
+    head = MixtureHead(8, 2, 1, 1, relative_scales=True)
+    raw = torch.tensor([[[0.3, -2.0, 1.0, 4.0]]])
+    out = head.output(proposals, released, torch.zeros(1, 1, 3), torch.cat([offsets, raw], -1), torch.zeros(1, 1, 8))
+    softplus = [math.log1p(math.exp(v)) for v in (0.3, -2.0, 1.0, 4.0)]
+    expected = [s * side for s, side in zip(softplus, (40.0, 80.0, 40.0, 80.0))]
+    torch.testing.assert_close(torch.nn.functional.softplus(out.raw_scale)[0, 0], torch.tensor(expected))
+
+
+def test_top_k_post_processing_against_a_sort_of_all_pairs():
+    from drmm.models.postprocess import TopKPostProcess
+
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(2, 7, 5, generator=g)
+    boxes = torch.tensor([[10.0, 10.0, 30.0, 40.0]]).repeat(2, 7, 1) + torch.rand(2, 7, 1, generator=g)
+    dets, comp = TopKPostProcess(9)(scores, boxes, [(50, 60), (50, 60)], [(100, 120), (25, 30)])
+    for i in range(2):
+        pairs = sorted(((float(scores[i, k, c]), k, c) for k in range(7) for c in range(5)), reverse=True)[:9]
+        assert dets[i]["labels"].tolist() == [c for _, _, c in pairs] and comp[i].tolist() == [k for _, k, _ in pairs]
+        torch.testing.assert_close(dets[i]["scores"], torch.tensor([s for s, _, _ in pairs]))
+    scale = torch.tensor([2.0, 2.0, 2.0, 2.0])  # 50x60 -> 100x120
+    torch.testing.assert_close(dets[0]["boxes"][0], boxes[0, comp[0, 0]] * scale)
+    with pytest.raises(ValueError, match="detections_per_image"):
+        TopKPostProcess(0)
+
+
+def test_old_checkpoint_keys_are_remapped():
+    from drmm.models.build import remap_state_dict
+
+    old = {"decoder.stages.3.cls_out.weight": 1, "decoder.stages.0.reg_tower.2.bias": 2,
+           "decoder.stages.1.dynamic_conv.out.weight": 3, "backbone.body.conv1.weight": 4}
+    assert remap_state_dict(old) == {"decoder.stages.3.head.cls_out.weight": 1,
+                                     "decoder.stages.0.head.reg_tower.2.bias": 2,
+                                     "decoder.stages.1.dynamic_conv.out.weight": 3, "backbone.body.conv1.weight": 4}
 
 
 def test_r50_eval_on_480x640_returns_at_most_100_detections():
