@@ -202,6 +202,14 @@ def test_objective_reductions_and_stage_keys():
     mean = DRMMObjective(beta=0.7, reduction="mean")([stage], targets)
     np.testing.assert_allclose(mean["nll.0"].item(), ref_nll.sum() / n, rtol=1e-6)
     np.testing.assert_allclose(mean["mcm.0"].item(), 0.7 * ref_mcm.sum() / n, rtol=1e-6)
+    # per_stage: unreduced, MCM not multiplied by beta, each image's ground truths first
+    (nll, mcm, packed_valid), = DRMMObjective(beta=0.7).per_stage([stage], targets)
+    for b in range(len(gt)):
+        count = int(valid[b].sum())
+        assert packed_valid[b].tolist() == [True] * count + [False] * (packed_valid.shape[1] - count)
+        np.testing.assert_allclose(nll[b][packed_valid[b]].numpy(), ref_nll[b][valid[b].numpy()], rtol=1e-6)
+        np.testing.assert_allclose(mcm[b][packed_valid[b]].numpy(), ref_mcm[b][valid[b].numpy()], rtol=1e-6,
+                                   atol=1e-12)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
