@@ -13,9 +13,7 @@ from torchvision.ops import generalized_box_iou
 
 from drmm import build_detector
 from drmm.config import load_config
-from drmm.models.box_ops import clean_boxes
-from drmm.objectives import DRMMObjective, build_objective
-from drmm.objectives.hungarian import HungarianObjective, hungarian_match
+from drmm.objectives import DRMMObjective, HungarianObjective, build_objective, hungarian_match
 from drmm.structures import StageOutput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,14 +40,14 @@ def test_matcher_matches_brute_force(K):
     matches = hungarian_match(cost, sizes)
     starts = np.cumsum([0] + sizes)
     padded = torch.full((len(sizes), K, max(sizes)), 1e3)
-    for b, ((pred, gt), n) in enumerate(zip(matches, sizes)):
-        block = cost[b, :, starts[b] : starts[b] + n].numpy()
-        padded[b, :, :n] = torch.from_numpy(block)
-        assert len(pred) == len(gt) == min(K, n)
-        assert len(set(pred.tolist())) == len(pred) and len(set(gt.tolist())) == len(gt)
-        np.testing.assert_allclose(block[pred, gt].sum(), brute_force_total(block), rtol=1e-5, atol=1e-6)
-    for (p1, g1), (p2, g2) in zip(matches, hungarian_match(padded, sizes, padded=True)):
-        assert torch.equal(p1, p2) and torch.equal(g1, g2)
+    for b, n in enumerate(sizes):
+        padded[b, :, :n] = cost[b, :, starts[b] : starts[b] + n]
+    for layout in (matches, hungarian_match(padded, sizes, padded=True)):
+        for b, ((pred, gt), n) in enumerate(zip(layout, sizes)):
+            block = cost[b, :, starts[b] : starts[b] + n].numpy()
+            assert len(pred) == len(gt) == min(K, n)
+            assert len(set(pred.tolist())) == len(pred) and gt.tolist() == sorted(set(gt.tolist()))
+            np.testing.assert_allclose(block[pred, gt].sum(), brute_force_total(block), rtol=1e-5, atol=1e-6)
 
 
 # --- Hungarian objective ---------------------------------------------------------------
@@ -156,21 +154,25 @@ def best_assignment(score: np.ndarray) -> list[int]:
 
 
 def test_beta_zero_gives_nll_only():
-    stage, targets, _ = case([[10, 10, 50, 50], [60, 60, 90, 95]], [1.0, -1.0], [[12, 10, 50, 52]], [0])
+    gt = [[12, 10, 50, 52], [58, 61, 92, 90]]
+    stage, targets, (log_pi, lik) = case([[10, 10, 50, 50], [60, 60, 90, 95]], [1.0, -1.0], gt, [0, 1])
     out = DRMMObjective(beta=0.0)([stage, stage], targets)
-    ref = DRMMObjective(beta=0.5)([stage], targets)
+    assert sorted(out) == ["mcm.0", "mcm.1", "nll.0", "nll.1"]
     assert out["mcm.0"].item() == 0 and out["mcm.1"].item() == 0
-    assert out["nll.0"].item() == ref["nll.0"].item()
+    nll = -special.logsumexp(log_pi + lik, axis=1).sum()
+    assert out["nll.0"].item() == pytest.approx(nll, rel=1e-10) and out["nll.1"].item() == pytest.approx(nll, rel=1e-10)
 
 
 def test_mcm_bipartite_equals_max_when_separated_and_differs_otherwise():
     # Separated: each ground truth's best component is its own, so matching = argmax.
     mu = [[10, 10, 50, 50], [200, 200, 240, 240], [100, 20, 150, 60]]
     stage, targets, (log_pi, lik) = case(mu, [0.5, 0.0, 0.3], [[11, 9, 52, 50], [98, 21, 149, 62]], [0, 2])
+    log_comp = log_pi + lik
+    assert best_assignment(log_comp) == log_comp.argmax(1).tolist()
+    lse = special.logsumexp(log_comp, axis=1)
     bip = DRMMObjective(mcm_mode="bipartite")([stage], targets)
-    ref = DRMMObjective(mcm_mode="max")([stage], targets)
-    assert bip["mcm.0"].item() == pytest.approx(ref["mcm.0"].item(), rel=1e-12)
-    assert bip["nll.0"].item() == ref["nll.0"].item()
+    assert bip["mcm.0"].item() == pytest.approx(0.5 * (lse - log_comp.max(1)).sum(), rel=1e-9)
+    assert bip["nll.0"].item() == pytest.approx(-lse.sum(), rel=1e-10)
 
     # Two ground truths both best explained by component 0: matching sends one of them to component 1.
     mu = [[12, 10, 52, 50], [100, 100, 140, 140]]
@@ -184,16 +186,16 @@ def test_mcm_bipartite_equals_max_when_separated_and_differs_otherwise():
     expected = sum(lse[i] - log_comp[i, assigned[i]] for i in range(2))
     bip = DRMMObjective(beta=1.0, mcm_mode="bipartite")([stage], targets)
     mx = DRMMObjective(beta=1.0, mcm_mode="max")([stage], targets)
+    assert expected > sum(lse - log_comp.max(1)) + 1  # the case tells the two modes apart
     assert bip["mcm.0"].item() == pytest.approx(expected, rel=1e-9)
     assert mx["mcm.0"].item() == pytest.approx(sum(lse - log_comp.max(1)), rel=1e-9)
-    assert bip["mcm.0"].item() > mx["mcm.0"].item() + 1
 
 
 def test_nll_max_is_minus_best_log_component():
     stage, targets, (log_pi, lik) = case([[10, 10, 50, 50], [14, 12, 56, 50]], [0.2, 1.0], [[12, 10, 52, 50]], [1])
     out = DRMMObjective(beta=0.0, nll_mode="max")([stage], targets)
     assert out["nll.0"].item() == pytest.approx(-(log_pi + lik[0]).max(), rel=1e-10)
-    assert out["nll.0"].item() > DRMMObjective(beta=0.0)([stage], targets)["nll.0"].item()  # -max >= -logsumexp
+    assert -(log_pi + lik[0]).max() > -special.logsumexp(log_pi + lik[0]) + 0.1  # the case tells max from mixture
 
 
 def test_nll_bipartite_hand_case():
@@ -216,11 +218,83 @@ def test_nll_bipartite_hand_case():
     assert out["obj.0"].item() == pytest.approx(bce, rel=1e-10)
 
 
+def torch_log_parts(mu, raw, obj, cls, gt, labels, ratio=0.04):
+    """``[G][K]`` of (log pi, log F, log P) for one image: float64 loops from the formulas, differentiable.
+
+    ``F`` is the Cauchy density ``gamma / (pi (gamma^2 + (x - mu)^2))`` per coordinate,
+    ``gamma = max(softplus(raw), ratio * size)`` with the size taken as plain floats.
+    """
+    o = 1 / (1 + torch.exp(-obj))
+    rows = []
+    for x, c in zip(gt, labels):
+        row = []
+        for k in range(len(mu)):
+            w, h = (max(float(mu[k, j + 2].detach() - mu[k, j].detach()), 1.0) for j in (0, 1))
+            gamma = torch.maximum(torch.log(1 + torch.exp(raw[k])), ratio * torch.tensor([w, h, w, h]).double())
+            log_f = torch.log(gamma / (math.pi * (gamma**2 + (x - mu[k]) ** 2))).sum()
+            e = torch.exp(cls[k])
+            row.append((torch.log(o[k] / o.sum()), log_f, torch.log(e[c] / e.sum())))
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize(("nll_mode", "mcm_mode", "stop"), [
+    ("max", "max", ("coord",)),
+    ("mixture", "bipartite", ("mix",)),
+    ("bipartite", "bipartite", ("coord", "class")),
+])
+def test_ablation_losses_and_gradients_match_brute_force(nll_mode, mcm_mode, stop):
+    # Both ground truths are best explained by component 0, so bipartite matching differs from max.
+    mu = [[12, 10, 52, 50], [100, 100, 140, 140], [30, 30, 70, 80]]
+    stage, targets, _ = case(mu, [2.0, -2.0, 0.5], [[10, 10, 50, 50], [14, 10, 54, 50]], [0, 0])
+    inputs = [t[0].clone().requires_grad_(True) for t in (stage.boxes, stage.raw_scale, stage.objectness_logit,
+                                                          stage.class_logits)]
+    mu, raw, obj, cls = inputs
+    out = DRMMObjective(beta=0.5, stop_grad=stop, nll_mode=nll_mode, mcm_mode=mcm_mode)(
+        [StageOutput(mu[None], mu[None], cls[None], obj[None], raw[None])], targets)
+
+    gt, labels = targets[0]["boxes"], targets[0]["labels"].tolist()
+    parts = torch_log_parts(mu, raw, obj, cls, gt, labels)
+    log_comp = torch.stack([torch.stack([sum(p) for p in row]) for row in parts])  # [G, K]
+    lik = torch.stack([torch.stack([p[1] + p[2] for p in row]) for row in parts])  # pi-free
+    lse = torch.log(torch.exp(log_comp).sum(1))
+    ref = {}
+    if nll_mode == "mixture":
+        ref["nll.0"] = -lse.sum()
+    elif nll_mode == "max":
+        ref["nll.0"] = -log_comp.max(1).values.sum()
+    else:
+        matched = best_assignment(lik.detach().numpy())
+        ref["nll.0"] = -sum(lik[i, k] for i, k in enumerate(matched))
+        o = 1 / (1 + torch.exp(-obj))
+        ref["obj.0"] = -sum(torch.log(o[k]) if k in matched else torch.log(1 - o[k]) for k in range(len(o)))
+    kept = torch.stack([torch.stack([sum(t.detach() if n in stop else t for n, t in zip(("mix", "coord", "class"), p))
+                                     for p in row]) for row in parts])
+    top = best_assignment(log_comp.detach().numpy()) if mcm_mode == "bipartite" else kept.argmax(1).tolist()
+    assert mcm_mode == "max" or top != log_comp.argmax(1).tolist()
+    ref["mcm.0"] = 0.5 * sum(torch.log(torch.exp(kept[i]).sum()) - kept[i, k] for i, k in enumerate(top))
+
+    assert sorted(out) == sorted(ref)
+    for key in ref:
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-10, atol=1e-12)
+        ours = torch.autograd.grad(out[key], inputs, allow_unused=True, retain_graph=True)
+        theirs = torch.autograd.grad(ref[key], inputs, allow_unused=True, retain_graph=True)
+        for name, t, g, r in zip(("mu", "raw", "obj", "cls"), inputs, ours, theirs):
+            g, r = (torch.zeros_like(t) if x is None else x for x in (g, r))
+            torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10, msg=lambda m, k=key, n=name: f"{k} d/d{n}: {m}")
+
+
 def test_ablation_options_are_checked_and_built():
     with pytest.raises(ValueError, match="nll_mode"):
         DRMMObjective(nll_mode="nope")
     with pytest.raises(ValueError, match="mcm_mode"):
         DRMMObjective(mcm_mode="argmax")
+    with pytest.raises(ValueError, match="reduction"):
+        DRMMObjective(reduction="none")
+    with pytest.raises(ValueError, match="coord_dist"):
+        DRMMObjective(coord_dist="student")
+    with pytest.raises(ValueError, match="stop_grad"):
+        DRMMObjective(stop_grad=("coords",))
     cfg = load_config(ROOT / "configs/sparse_rcnn_r50.yaml")
     assert (cfg.objective.name, cfg.model.proposal_init, cfg.train.lr, cfg.train.weight_decay) == (
         "hungarian", "whole", 2.5e-5, 1e-4)
@@ -266,6 +340,17 @@ def test_tiny_detector_trains_and_evaluates(name):
         assert ((d["scores"] >= 0) & (d["scores"] <= 1)).all()
 
 
+def clipped(boxes, sizes):
+    """Corners sorted, clipped to each (h, w) image, sides at least 1 px: a per-image reference."""
+    out = boxes.clone()
+    for b, (h, w) in enumerate(sizes):
+        for lo, hi, size in ((0, 2, w), (1, 3, h)):
+            a, z = torch.minimum(boxes[b, :, lo], boxes[b, :, hi]), torch.maximum(boxes[b, :, lo], boxes[b, :, hi])
+            out[b, :, lo] = a.clamp(0, size - 1)
+            out[b, :, hi] = torch.maximum(z.clamp(max=size), out[b, :, lo] + 1)
+    return out
+
+
 @pytest.mark.parametrize("objective", ["drmm", "hungarian"])
 def test_topk_ratio_shrinks_components_per_stage(objective):
     cfg = tiny_config(num_stages=3, topk_ratio=0.5)
@@ -280,6 +365,6 @@ def test_topk_ratio_shrinks_components_per_stage(objective):
     score = stages[0].objectness_logit if objective == "drmm" else stages[0].class_logits.amax(-1)
     top = score.topk(6, dim=1).indices[..., None].expand(-1, -1, 4)
     sizes = model.transform(images)[1]
-    torch.testing.assert_close(stages[1].proposals, torch.gather(clean_boxes(stages[0].boxes, sizes), 1, top))
+    torch.testing.assert_close(stages[1].proposals, torch.gather(clipped(stages[0].boxes, sizes), 1, top))
     with pytest.raises(ValueError, match="topk_ratio"):
         build_detector(tiny_config(topk_ratio=0.0))

@@ -28,24 +28,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..mixture import COORD_DISTS, STOP_GRAD_PARTS, combine_log_terms, mixture_log_terms, mixture_losses
+from ..mixture import (
+    check_choice,
+    check_options,
+    combine_log_terms,
+    mcm_from_log_comp,
+    mixture_log_terms,
+    mixture_losses,
+    nll_from_log_comp,
+)
 from ..structures import StageOutput, pad_targets
-from .hungarian import HungarianObjective, _num_boxes, hungarian_match
+from .hungarian import HungarianObjective
+from .matching import assigned_components, hungarian_match
+from .normalization import num_boxes_per_process
 
 NLL_MODES = ("mixture", "max", "bipartite")
 MCM_MODES = ("max", "bipartite")
-
-
-def _assign(matches: list[tuple[Tensor, Tensor]], fallback: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-ground-truth component index ``[B, G]`` (``fallback`` where unmatched) and matched mask."""
-    b = torch.cat([torch.full_like(g, i) for i, (_, g) in enumerate(matches)]).to(fallback.device)
-    g = torch.cat([g for _, g in matches]).to(fallback.device)
-    p = torch.cat([p for p, _ in matches]).to(fallback.device)
-    assigned = fallback.clone()
-    assigned[b, g] = p
-    matched = torch.zeros_like(fallback, dtype=torch.bool)
-    matched[b, g] = True
-    return assigned, matched
+REDUCTIONS = ("sum", "mean")
 
 
 class DRMMObjective(nn.Module):
@@ -72,20 +71,13 @@ class DRMMObjective(nn.Module):
         mcm_mode: str = "max",
     ) -> None:
         super().__init__()
-        if reduction not in ("sum", "mean"):
-            raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        if coord_dist not in COORD_DISTS:
-            raise ValueError(f"coord_dist must be one of {COORD_DISTS}, got {coord_dist!r}")
-        if set(stop_grad) - STOP_GRAD_PARTS:
-            raise ValueError(f"stop_grad must be a subset of {sorted(STOP_GRAD_PARTS)}, got {list(stop_grad)}")
-        if nll_mode not in NLL_MODES:
-            raise ValueError(f"nll_mode must be one of {NLL_MODES}, got {nll_mode!r}")
-        if mcm_mode not in MCM_MODES:
-            raise ValueError(f"mcm_mode must be one of {MCM_MODES}, got {mcm_mode!r}")
+        check_choice("reduction", reduction, REDUCTIONS)
+        check_choice("nll_mode", nll_mode, NLL_MODES)
+        check_choice("mcm_mode", mcm_mode, MCM_MODES)
+        self.stop_grad = check_options(coord_dist, stop_grad)
         self.beta = beta
         self.reduction = reduction
         self.coord_dist = coord_dist
-        self.stop_grad = tuple(stop_grad)
         self.min_scale_ratio = min_scale_ratio
         self.nll_mode = nll_mode
         self.mcm_mode = mcm_mode
@@ -109,13 +101,13 @@ class DRMMObjective(nn.Module):
         zero = log_comp.new_zeros(())
         obj = None
         if self.nll_mode == "mixture":
-            nll = -torch.logsumexp(log_comp, dim=-1)
+            nll = nll_from_log_comp(log_comp)
         elif self.nll_mode == "max":
             nll = -log_comp.amax(dim=-1)
         else:  # bipartite: pi-free likelihood on one-to-one matched pairs, objectness by BCE
             log_lik = log_coord + log_class
             matches = hungarian_match(-log_lik.transpose(1, 2), sizes, padded=True)
-            comp, matched = _assign(matches, torch.zeros_like(gt_labels))
+            comp, matched = assigned_components(matches, torch.zeros_like(gt_labels))
             nll = torch.where(matched, -log_lik.gather(-1, comp.unsqueeze(-1)).squeeze(-1), zero)
             image = torch.arange(len(comp), device=comp.device)[:, None].expand_as(comp)
             target = torch.zeros_like(log_pi[:, 0])  # [B, K]
@@ -123,13 +115,12 @@ class DRMMObjective(nn.Module):
             obj = F.binary_cross_entropy_with_logits(s.objectness_logit.to(target.dtype), target, reduction="none")
 
         mixed = combine_log_terms(log_pi, log_coord, log_class, self.stop_grad)
-        if self.mcm_mode == "max":
-            top = mixed.amax(dim=-1)
-        else:  # bipartite: the component assigned by Hungarian matching on -log comp
+        top = None  # max: the best component
+        if self.mcm_mode == "bipartite":  # the component assigned by Hungarian matching on -log comp
             matches = hungarian_match(-log_comp.transpose(1, 2), sizes, padded=True)
-            comp, _ = _assign(matches, log_comp.detach().argmax(-1))
+            comp, _ = assigned_components(matches, log_comp.detach().argmax(-1))
             top = mixed.gather(-1, comp.unsqueeze(-1)).squeeze(-1)
-        mcm = torch.logsumexp(mixed, dim=-1) - top
+        mcm = mcm_from_log_comp(mixed, top)
         return torch.where(gt_valid, nll, zero), torch.where(gt_valid, mcm, zero), obj
 
     def per_stage(self, stages: list[StageOutput], targets: list[dict[str, Tensor]]) -> list[tuple[Tensor, Tensor, Tensor]]:
@@ -146,7 +137,7 @@ class DRMMObjective(nn.Module):
         """``image_sizes`` is accepted for a common objective signature and not used."""
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
         # mean: per ground truth of the whole (possibly distributed) batch
-        denom = _num_boxes(int(gt_valid.sum()), gt_valid.device) if self.reduction == "mean" else 1
+        denom = num_boxes_per_process(int(gt_valid.sum()), gt_valid.device) if self.reduction == "mean" else 1
         losses = {}
         for i, s in enumerate(stages):
             nll, mcm, obj = self.stage_terms(s, gt_boxes, gt_labels, gt_valid)

@@ -15,41 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
 from ..structures import StageOutput
-
-_BIG = 1e8  # stands in for non-finite costs so the assignment stays solvable
-
-
-def hungarian_match(cost: Tensor, sizes: list[int], padded: bool = False) -> list[tuple[Tensor, Tensor]]:
-    """Minimum-cost one-to-one assignment per image.
-
-    Args:
-        cost: ``[B, K, Gtot]``: every prediction against the ground truths of the
-            whole batch concatenated (image ``b`` owns columns
-            ``sum(sizes[:b]) .. sum(sizes[:b+1])``), as DETR's matcher builds it; or,
-            with ``padded=True``, ``[B, K, G]`` with image ``b``'s ground truths in
-            columns ``:sizes[b]``.
-        sizes: number of ground truths of each image.
-
-    Returns:
-        per image ``(pred_idx, gt_idx)`` int64 CPU tensors of equal length
-        ``min(K, sizes[b])``; ``gt_idx`` counts from 0 within the image, sorted.
-    """
-    if len(sizes) != cost.shape[0]:
-        raise ValueError(f"cost has {cost.shape[0]} images but {len(sizes)} sizes were given")
-    c = torch.nan_to_num(cost.detach().float(), nan=_BIG, posinf=_BIG, neginf=-_BIG).cpu().numpy()  # one transfer
-    starts = np.zeros(len(sizes), dtype=np.int64) if padded else np.cumsum([0] + list(sizes))[:-1]
-    out = []
-    for b, (s, n) in enumerate(zip(starts, sizes)):
-        gt, pred = linear_sum_assignment(c[b, :, s : s + n].T)  # rows = ground truths: gt sorted
-        out.append((torch.as_tensor(pred, dtype=torch.int64), torch.as_tensor(gt, dtype=torch.int64)))
-    return out
+from .matching import hungarian_match
+from .normalization import num_boxes_per_process
 
 
 def focal_cost(class_logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
@@ -64,15 +36,6 @@ def focal_cost(class_logits: Tensor, labels: Tensor, alpha: float = 0.25, gamma:
     pos = alpha * (1 - p).pow(gamma) * F.softplus(-x)
     neg = (1 - alpha) * p.pow(gamma) * F.softplus(x)
     return pos - neg
-
-
-def _num_boxes(n: int, device: torch.device) -> Tensor:
-    """Ground truths per process: all-reduced mean over processes when distributed, at least 1."""
-    num = torch.tensor(float(n), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(num)
-        num = num / dist.get_world_size()
-    return num.clamp(min=1.0)
 
 
 class HungarianObjective(nn.Module):
@@ -151,7 +114,7 @@ class HungarianObjective(nn.Module):
             raise ValueError("HungarianObjective needs image_sizes (h, w) to normalise boxes for the L1 terms")
         device = stages[0].boxes.device
         image_wh = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=torch.float32, device=device)
-        num_boxes = _num_boxes(sum(len(t["labels"]) for t in targets), device)
+        num_boxes = num_boxes_per_process(sum(len(t["labels"]) for t in targets), device)
         losses = {}
         for i, stage in enumerate(stages):
             focal, l1, giou = self.stage_losses(stage, targets, image_wh, num_boxes)
