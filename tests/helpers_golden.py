@@ -14,7 +14,7 @@ def golden_config(name: str) -> Config:
     cfg = Config()
     m = cfg.model
     m.backbone, m.tiny_widths = "tiny", [8, 16, 16, 32]
-    m.fpn_channels = m.hidden_dim = 32
+    m.neck_channels = m.hidden_dim = 32
     m.num_heads, m.dim_feedforward, m.dynamic_dim = 4, 64, 8
     m.num_proposals, m.num_stages, m.num_classes = 12, 2, 3
     m.min_size, m.max_size = 96, 160

@@ -171,7 +171,7 @@ def test_parameter_count_matches_paper(backbone, expected):
 def test_frozen_backbone_parts(tiny_cfg):
     cfg = Config()
     cfg.model.backbone = "resnet18"
-    cfg.model.fpn_channels = cfg.model.hidden_dim = 64
+    cfg.model.neck_channels = cfg.model.hidden_dim = 64
     cfg.model.num_stages, cfg.model.num_proposals = 1, 4
     model = build_detector(cfg)
     body = model.backbone.body
@@ -187,7 +187,7 @@ def test_pretrained_weights_from_local_file(tmp_path):
     torch.save(ref.state_dict(), path)
     cfg = Config()
     cfg.model.backbone, cfg.model.pretrained = "resnet18", str(path)
-    cfg.model.fpn_channels = cfg.model.hidden_dim = 64
+    cfg.model.neck_channels = cfg.model.hidden_dim = 64
     cfg.model.num_stages, cfg.model.num_proposals = 1, 4
     model = build_detector(cfg)
     torch.testing.assert_close(model.backbone.body.layer3[0].conv1.weight, ref.layer3[0].conv1.weight)
@@ -328,7 +328,7 @@ def test_dynamic_conv_against_per_proposal_reference():
 
 def test_optimize_for_inference_keeps_the_detections():
     cfg = Config()
-    cfg.model.backbone, cfg.model.fpn_channels, cfg.model.hidden_dim = "resnet18", 64, 64
+    cfg.model.backbone, cfg.model.neck_channels, cfg.model.hidden_dim = "resnet18", 64, 64
     cfg.model.num_stages, cfg.model.num_proposals, cfg.model.min_size, cfg.model.max_size = 2, 20, 128, 160
     model = build_detector(cfg).eval()
     body = model.backbone.body
@@ -354,3 +354,13 @@ def test_optimize_for_inference_keeps_the_detections():
         torch.testing.assert_close(a["scores"], b["scores"], rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="cannot train"):
         model.train()(images, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2)
+
+
+def test_renamed_config_key_still_loads():
+    """0.1.0 configs and checkpoints say fpn_channels; the field is neck_channels now."""
+    from drmm.config import apply_overrides
+
+    assert Config.from_dict({"model": {"fpn_channels": 64}}).model.neck_channels == 64
+    assert apply_overrides(Config(), ["model.fpn_channels=48"]).model.neck_channels == 48
+    with pytest.raises(ValueError, match="old name of 'neck_channels'"):
+        Config.from_dict({"model": {"fpn_channels": 64, "neck_channels": 64}})

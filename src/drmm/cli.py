@@ -27,7 +27,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     m = cfg.model
     print(f"config: {args.config}")
     print(f"architecture: {m.architecture} ({m.num_stages} stages), backbone: {m.backbone} + "
-          f"{model.backbone.neck_name} ({m.fpn_channels} ch)")
+          f"{model.backbone.neck_name} ({m.neck_channels} ch)")
     print(f"objective: {cfg.objective.name}")
     print(f"proposals: {m.num_proposals} ({m.proposal_init} init)")
     print(f"stages: {m.num_stages}")

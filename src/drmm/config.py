@@ -27,7 +27,7 @@ class ModelConfig:
     pretrained: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
     trainable_layers: int = 3  # ResNet stages trained (of layer1..layer4); 3 = stem + layer1 frozen
     tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
-    fpn_channels: int = 256
+    neck_channels: int = 256  # width of the neck's P2-P5 maps (FPN or AdaMixer's channel mapper)
     num_classes: int = 80
     num_proposals: int = 300
     proposal_init: str = "grid"  # grid (released D-RMM: 15 x 20 centres, size 0.5) | whole
@@ -143,9 +143,15 @@ class Config:
         return _build(cls, d or {}, source)
 
 
+_RENAMED = {"fpn_channels": "neck_channels"}
+"""Model keys renamed since 0.1.0: configs and checkpoints written with the old name still load."""
+
+
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:
     if not isinstance(d, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+    if cls is ModelConfig:
+        d = _rename_keys(d, where)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(d) - set(known))
     if unknown:
@@ -159,6 +165,16 @@ def _build(cls: type, d: dict[str, Any], where: str) -> Any:
         else:
             kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _rename_keys(d: dict[str, Any], where: str) -> dict[str, Any]:
+    d = dict(d)
+    for old, new in _RENAMED.items():
+        if old in d:
+            if new in d:
+                raise ValueError(f"{where}: {old!r} is the old name of {new!r}; give only {new!r}")
+            d[new] = d.pop(old)
+    return d
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -204,6 +220,7 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
         key, raw = item.split("=", 1)
         node = d
         parts = key.strip().split(".")
+        parts[-1] = _RENAMED.get(parts[-1], parts[-1]) if parts[:-1] == ["model"] else parts[-1]
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a config section")

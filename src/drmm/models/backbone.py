@@ -228,4 +228,4 @@ def build_backbone(cfg) -> Backbone:
         body, channels = TinyBody(list(cfg.tiny_widths)), list(cfg.tiny_widths)
     else:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {BACKBONES}")
-    return Backbone(body, channels, cfg.fpn_channels, cfg.neck or default_neck(cfg.architecture))
+    return Backbone(body, channels, cfg.neck_channels, cfg.neck or default_neck(cfg.architecture))

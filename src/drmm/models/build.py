@@ -37,8 +37,8 @@ def build_decoder(m: ModelConfig, head: str, min_scale_ratio: float) -> nn.Modul
             f"model.delta_mode must be one of {DELTA_MODES[m.architecture]} for {m.architecture}, got {m.delta_mode!r}"
             + (" (AdaMixer moves boxes in (x, y, z, r); delta_mode only sets the Cauchy scale)"
                if m.architecture == "adamixer" else ""))
-    if m.fpn_channels != m.hidden_dim:
-        raise ValueError(f"{m.architecture} needs fpn_channels == hidden_dim, got {m.fpn_channels} and {m.hidden_dim}")
+    if m.neck_channels != m.hidden_dim:
+        raise ValueError(f"{m.architecture} needs neck_channels == hidden_dim, got {m.neck_channels} and {m.hidden_dim}")
     head_kwargs = {}
     if head == "mixture":  # the mixture head's options; the box head has none
         head_kwargs = dict(relative_offsets=m.delta_mode in ("proposal", "relative"),
@@ -53,7 +53,7 @@ def build_decoder(m: ModelConfig, head: str, min_scale_ratio: float) -> nn.Modul
     if m.hidden_dim % m.sampling_groups or m.hidden_dim % 8:
         raise ValueError(f"hidden_dim ({m.hidden_dim}) must be divisible by sampling_groups "
                          f"({m.sampling_groups}) and by 8 (position embedding)")
-    stages = [AdaMixerStage(make_head, m.hidden_dim, m.num_heads, m.dim_feedforward, m.fpn_channels,
+    stages = [AdaMixerStage(make_head, m.hidden_dim, m.num_heads, m.dim_feedforward, m.neck_channels,
                             m.sampling_groups, m.sampling_points, m.mixing_out_points, m.dropout)
               for _ in range(m.num_stages)]
     return AdaMixerDecoder(stages, m.topk_ratio)
