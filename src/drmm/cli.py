@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .config import load_config
+from .config import load_config, packaged_config
 
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -87,13 +87,6 @@ def _print_metrics(metrics: dict) -> None:
         from .engine.coco_eval import format_metrics_table
 
         print(format_metrics_table(metrics))
-
-
-def packaged_config(name: str) -> str:
-    """Path of a config shipped inside the package (``drmm/configs/NAME``)."""
-    from pathlib import Path
-
-    return str(Path(__file__).parent / "configs" / name)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -26,20 +26,8 @@ def _dataset_paths(args: argparse.Namespace) -> tuple[Path, Path]:
     return Path(args.ann), Path(args.images)
 
 
-def check_class_mapping(dataset, ckpt: dict, num_classes: int, weights: str | Path) -> None:
-    """The dataset's categories must be the ones the checkpoint was trained on."""
-    ckpt_ids = ckpt.get("cat_ids")
-    if ckpt_ids:
-        if [int(c) for c in ckpt_ids] != [int(c) for c in dataset.cat_ids]:
-            raise ValueError(f"{dataset.ann_file}: category ids {list(dataset.cat_ids)} differ from those the "
-                             f"checkpoint {weights} was trained on {list(ckpt_ids)}")
-    elif len(dataset.cat_ids) != num_classes:
-        raise ValueError(f"{dataset.ann_file} has {len(dataset.cat_ids)} categories but the model in "
-                         f"{weights} predicts {num_classes} classes")
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import CocoDetection
+    from .data import CocoDetection, check_class_mapping
     from .engine.coco_eval import format_metrics_table
     from .engine.evaluate import evaluate, format_diagnostics_table, format_nms_sweep_table
     from .models import detector_from_checkpoint

@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import Config, load_config
+from .config import Config, load_config, packaged_config
 
 # ----------------------------------------------------------------------------- variants
 
@@ -147,8 +147,7 @@ def _comparable(d: dict) -> dict:
 def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: str | None = None,
                 progress: bool = True) -> None:
     """Train ``cfg`` into ``vdir/run`` (unless a finished run is there) and evaluate ``last.pt`` into ``vdir/eval``."""
-    from .cli_eval import check_class_mapping
-    from .data import CocoDetection
+    from .data import CocoDetection, check_class_mapping
     from .engine.evaluate import evaluate
     from .engine.train import DataPaths, train
     from .models import detector_from_checkpoint
@@ -430,8 +429,6 @@ def reproduce(
     Finished variants in ``out`` are reused. Returns ``{"command", "machine", "budget",
     "variants": {name: row}, "failed": {name: message}, "claims": [...], ...}``.
     """
-    from .cli import packaged_config
-
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
