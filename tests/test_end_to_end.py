@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from conftest import tiny_config
+from helpers import tiny_config
 from drmm.cli import main
 from drmm.config import save_config
 from drmm.data import generate_synthetic

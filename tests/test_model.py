@@ -2,8 +2,8 @@
 import pytest
 import torch
 import torchvision
-from conftest import tiny_batch as batch
-from conftest import tiny_config
+from helpers import tiny_batch as batch
+from helpers import tiny_config
 
 from drmm import build_detector, detector_from_checkpoint
 from drmm.config import Config

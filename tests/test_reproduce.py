@@ -4,7 +4,7 @@ import json
 import math
 
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from drmm.config import save_config
 from drmm.data import generate_synthetic

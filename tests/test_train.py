@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from drmm.config import load_config, save_config
 from drmm.data import generate_synthetic
