@@ -8,7 +8,8 @@ from helpers import tiny_config
 
 from drmm.config import save_config
 from drmm.data import generate_synthetic
-from drmm.reproduce import AP_GAP, AR_TOL, VARIANTS, judge_claims, register, variant_config
+from drmm.cli import register
+from drmm.reproduce import AP_GAP, AR_TOL, VARIANTS, judge_claims, variant_config
 
 
 def _cli(argv) -> int:
