@@ -62,9 +62,9 @@ def training_data_paths(args: argparse.Namespace):
         return DataPaths.from_dir(args.data)
     if not (args.train_ann and args.train_images):
         raise ValueError("give --data DIR, or --train-ann and --train-images (and optionally --val-ann/--val-images)")
-    val = (Path(args.val_ann), Path(args.val_images)) if args.val_ann else (None, None)
     if args.val_ann and not args.val_images:
         raise ValueError("--val-ann needs --val-images")
+    val = (Path(args.val_ann), Path(args.val_images)) if args.val_ann else (None, None)
     return DataPaths(Path(args.train_ann), Path(args.train_images), *val)
 
 
