@@ -71,3 +71,17 @@ def test_train_cli_errors_name_the_problem(tmp_path):
     code, _, err = run_cli("train", "--config", tmp_path / "cfg.yaml", "--train-ann", tmp_path / "a.json",
                            "--train-images", tmp_path, "--val-ann", tmp_path / "v.json", "--out", tmp_path / "r")
     assert code == 2 and err == "drmm train: error: --val-ann needs --val-images\n"
+
+
+def test_check_class_mapping_compares_ids_or_the_class_count():
+    from types import SimpleNamespace
+
+    from drmm.data import check_class_mapping
+
+    ds = SimpleNamespace(cat_ids=[7, 13, 42], ann_file="val.json")
+    check_class_mapping(ds, {"cat_ids": [7, 13, 42]}, 3, "a.pt")
+    check_class_mapping(ds, {}, 3, "a.pt")  # an old checkpoint without ids: the count must agree
+    with pytest.raises(ValueError, match=r"val.json: category ids \[7, 13, 42\] differ .* a.pt .* \[1, 2, 3\]"):
+        check_class_mapping(ds, {"cat_ids": [1, 2, 3]}, 3, "a.pt")
+    with pytest.raises(ValueError, match="val.json has 3 categories but the model in a.pt predicts 5 classes"):
+        check_class_mapping(ds, {"cat_ids": None}, 5, "a.pt")

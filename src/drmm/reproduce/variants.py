@@ -43,7 +43,7 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("drmm", "D-RMM: NLL + 0.5 MCM (max)", "Tables 1-3 (V)", 47.0, PAPER_OBJECTIVE),
+    Variant("drmm", "D-RMM: NLL + 0.5 MCM (max)", "Tables 1-3 (V)", 47.0, dict(PAPER_OBJECTIVE)),
     Variant("baseline", "Sparse R-CNN: Hungarian, focal + L1 + GIoU, whole-image proposals", "Tables 1, 2 row 1",
             45.0, {"objective.name": "hungarian", "model.proposal_init": "whole"}),
     Variant("nll_only", "NLL only (mixture), beta 0", "Table 2 row 3, Table 3 (I)", 35.6,
