@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 from PIL import Image
 from torch import nn
 
 from drmm import build_detector, detector_from_checkpoint
 from drmm.bench import benchmark
 from drmm.calibration import expected_calibration_error, match_detections
-from drmm.cli_eval import register
+from drmm.cli import register
 from drmm.config import save_config
 from drmm.data import CocoDetection, generate_synthetic
 from drmm.engine.checkpoint import atomic_save, make_checkpoint

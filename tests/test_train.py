@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from drmm.config import load_config, save_config
 from drmm.data import generate_synthetic
@@ -158,7 +158,7 @@ def test_bf16_autocast_training_step_is_finite(synth, tmp_path):
 
 
 def test_demo_recipe_builds_and_steps():
-    from drmm.cli import packaged_config
+    from drmm.config import packaged_config
     from drmm.models import build_detector
 
     cfg = load_config(packaged_config("demo_cpu.yaml"))

@@ -249,6 +249,11 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+def packaged_config(name: str) -> str:
+    """Path of a config shipped inside the package (``drmm/configs/NAME``)."""
+    return str(Path(__file__).parent / "configs" / name)
+
+
 def replace(cfg: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` re-exported for convenience."""
     return dataclasses.replace(cfg, **changes)
