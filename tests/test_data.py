@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from helpers import run_cli, tiny_config
 from torchvision import tv_tensors
 
-from drmm.config import DataConfig
-from drmm.data import CocoDetection, build_transforms, collate_fn, generate_synthetic
+from drmm.config import DataConfig, save_config
+from drmm.data import CocoDetection, UnreadableImageError, build_transforms, collate_fn, generate_synthetic
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -149,22 +151,83 @@ def test_coco_skip_empty_and_eval(coco_dir):
     assert len(ev) == 7 and ev[6][1]["boxes"].shape == (0, 4) and ev[6][1]["labels"].shape == (0,)
 
 
-def test_coco_missing_and_corrupt_images(coco_dir):
+SKIP_HINT = "pass --set data.skip_unreadable=true"
+
+
+def test_coco_missing_images(coco_dir):
     coco = json.loads((coco_dir / "ann.json").read_text())
     coco["images"].append({"id": 99, "file_name": "nope.png", "width": 8, "height": 8})
     coco["annotations"].append({"id": 99, "image_id": 99, "category_id": 5, "bbox": [1, 1, 2, 2], "iscrowd": 0})
     (coco_dir / "missing.json").write_text(json.dumps(coco))
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(FileNotFoundError, match="nope.png: no such file") as e:
         CocoDetection(coco_dir / "missing.json", coco_dir)
+    assert SKIP_HINT in str(e.value) and "skip_unreadable=True" not in str(e.value)
     ds = CocoDetection(coco_dir / "missing.json", coco_dir, skip_unreadable=True)
-    assert ds.stats["unreadable"] == 1 and 99 not in ds.ids
+    assert ds.stats["unreadable"] == 1 and ds.stats["checked"] == 7 and 99 not in ds.ids
 
-    (coco_dir / "gray.png").write_bytes(b"not a png")
-    ds = CocoDetection(coco_dir / "ann.json", coco_dir)
-    with pytest.raises(RuntimeError, match="gray.png"):
-        ds[1]
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def test_header_check_finds_broken_files_before_use(coco_dir):
+    """A .png of random bytes and a PNG cut after its header: one line each, at construction."""
+    (coco_dir / "gray.png").write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    _truncate(coco_dir / "pal.png", 60)  # signature + IHDR chunk (33 bytes) + the start of the next one
+    with pytest.raises(UnreadableImageError) as e:
+        CocoDetection(coco_dir / "ann.json", coco_dir)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot read image {coco_dir / 'gray.png'}: not an image file") and "\n" not in msg
+    assert "2 of the 6 images used from" in msg and msg.endswith(f"{SKIP_HINT} to skip unreadable images)")
     ds = CocoDetection(coco_dir / "ann.json", coco_dir, skip_unreadable=True)
-    assert ds[1][1]["image_id"] == 30 and ds.stats["unreadable"] == 1  # the next readable image
+    assert ds.ids == [10, 30, 50, 60] and (ds.stats["checked"], ds.stats["unreadable"]) == (6, 2)
+    Image.new("L", (20, 16), 77).save(coco_dir / "gray.png")  # fixed: the truncated PNG is next
+    with pytest.raises(UnreadableImageError, match="pal.png: Truncated File Read .1 of the 6 images"):
+        CocoDetection(coco_dir / "ann.json", coco_dir)
+    assert CocoDetection(coco_dir / "ann.json", coco_dir, train=False, skip_unreadable=True).stats["checked"] == 7
+
+
+@pytest.fixture
+def late_failure(coco_dir):
+    """exif.jpg (image 60) replaced by a JPEG cut in its pixel data: the header check passes, decoding fails."""
+    noise = np.random.default_rng(0).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(coco_dir / "exif.jpg", quality=95)
+    data = (coco_dir / "exif.jpg").read_bytes()
+    start_of_scan = data.index(b"\xff\xda")
+    _truncate(coco_dir / "exif.jpg", start_of_scan + (len(data) - start_of_scan) // 2)
+    return coco_dir
+
+
+def test_decoding_failure_is_one_line_also_from_a_worker(late_failure):
+    ds = CocoDetection(late_failure / "ann.json", late_failure)
+    assert len(ds) == 6 and ds.stats["unreadable"] == 0
+    expected = f"cannot read image {late_failure / 'exif.jpg'}: image file is truncated"
+    with pytest.raises(UnreadableImageError, match="^" + re.escape(expected)):
+        ds[5]
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=collate_fn)
+    with pytest.raises(UnreadableImageError) as e:
+        list(loader)
+    msg = str(e.value)
+    assert msg.startswith(expected) and msg.endswith(f"{SKIP_HINT} to skip unreadable images)")
+    assert "\n" not in msg and "Traceback" not in msg and "worker" not in msg
+
+    ds = CocoDetection(late_failure / "ann.json", late_failure, skip_unreadable=True)
+    assert ds[5][1]["image_id"] == 10 and ds.stats["unreadable"] == 1  # the next readable image, wrapping round
+
+
+def test_train_reports_an_undecodable_image_in_one_line(late_failure, tmp_path):
+    cfg = tiny_config(min_size=64, max_size=64)
+    cfg.train.batch_size, cfg.train.max_iters, cfg.train.num_workers = 3, 2, 1
+    cfg.train.lr_steps, cfg.train.lr_steps_unit, cfg.train.eval_interval = [], "iter", 0
+    save_config(cfg, tmp_path / "cfg.yaml")
+    args = ("train", "--config", tmp_path / "cfg.yaml", "--train-ann", late_failure / "ann.json",
+            "--train-images", late_failure, "--out", tmp_path / "run", "--no-progress")
+    code, _, err = run_cli(*args)
+    line = (f"drmm train: error: cannot read image {late_failure / 'exif.jpg'}: image file is truncated "
+            f"(NN bytes not processed) (fix or remove the file, or {SKIP_HINT} to skip unreadable images)\n")
+    assert code == 2 and re.fullmatch(re.escape(line).replace("NN", r"\d+"), err), err
+    code, out, err = run_cli(*args, "--set", "data.skip_unreadable=true")
+    assert code == 0 and err == "" and "trained 2 iterations" in out
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"images": []}', '{"images": [{"id": 1}], "categories": []}'])
