@@ -14,7 +14,9 @@ from helpers import run_cli, tiny_config
 from torchvision import tv_tensors
 
 from drmm.config import DataConfig, save_config
-from drmm.data import CocoDetection, UnreadableImageError, build_transforms, collate_fn, generate_synthetic
+from drmm.data import (CocoDetection, UnreadableImageError, build_dataset, build_transforms, collate_fn,
+                       generate_synthetic)
+from drmm.data.annotations import leaves_folder
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -228,6 +230,85 @@ def test_train_reports_an_undecodable_image_in_one_line(late_failure, tmp_path):
     assert code == 2 and re.fullmatch(re.escape(line).replace("NN", r"\d+"), err), err
     code, out, err = run_cli(*args, "--set", "data.skip_unreadable=true")
     assert code == 0 and err == "" and "trained 2 iterations" in out
+
+
+def _edited(coco_dir: Path, edit) -> Path:
+    """A copy of the fixture's annotation file after ``edit(dict)``."""
+    d = json.loads((coco_dir / "ann.json").read_text())
+    edit(d)
+    (coco_dir / "edited.json").write_text(json.dumps(d))
+    return coco_dir / "edited.json"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["images"].append({"id": 10, "file_name": "gray.png"}),
+     r"images\[7\] \{'id': 10, 'file_name': 'gray.png'\} repeats the id 10 of images\[0\] .*give every image its own id"),
+    (lambda d: d["annotations"].append(dict(d["annotations"][2], bbox=[1, 1, 3, 3])),
+     r"annotations\[11\] .* repeats the id 3 of annotations\[2\] .*give every annotation its own id"),
+    (lambda d: d["categories"].append({"id": 5, "name": "c5 again"}),
+     r"categories\[3\] \{'id': 5, 'name': 'c5 again'\} repeats the id 5 of categories\[1\] .*list each category once"),
+    (lambda d: d["categories"].append({"id": 6, "name": "c11"}),
+     r"categories\[3\] \{'id': 6, 'name': 'c11'\} repeats the name 'c11' of categories\[2\] \{'id': 11"),
+    (lambda d: d["annotations"][4].update(image_id="10"), r"annotations\[4\] has image_id '10'; ids must be integers"),
+    (lambda d: d["images"][1].update(id=2.0), r"images\[1\] has id 2.0; ids must be integers"),
+])
+def test_duplicate_and_malformed_entries_are_errors_naming_them(coco_dir, edit, message):
+    with pytest.raises(ValueError, match=r"edited.json: " + message):
+        CocoDetection(_edited(coco_dir, edit), coco_dir)
+
+
+def test_annotations_of_unknown_images_are_counted_and_skipped(coco_dir, caplog):
+    def edit(d):
+        d["annotations"].insert(3, {"id": 50, "image_id": 999, "category_id": 5, "bbox": [1, 1, 4, 4]})
+        d["annotations"].append({"id": 51, "image_id": 998, "category_id": 5, "bbox": [1, 1, 4, 4]})
+
+    with caplog.at_level(logging.WARNING, logger="drmm.data"):
+        ds = CocoDetection(_edited(coco_dir, edit), coco_dir)
+    assert ds.stats["unknown_image"] == 2 and ds.stats["annotations"] == 11  # the 11 of known images
+    assert "skipped 2 annotation(s) of image ids not in 'images', e.g. annotations[3] (image_id 999)" in caplog.text
+    assert ds.ids == [10, 20, 30, 40, 50, 60]
+
+
+def test_annotation_ids_missing_are_assigned(coco_dir):
+    def edit(d):
+        del d["annotations"][0]["id"], d["annotations"][5]["id"]
+
+    ds = CocoDetection(_edited(coco_dir, edit), coco_dir)
+    assert ds.stats["ids_assigned"] == 2
+    ids = [a["id"] for a in ds.coco.dataset["annotations"]]
+    assert ids[0] == 12 and ids[5] == 13 and len(set(ids)) == 11  # after the largest id, 11
+
+
+@pytest.mark.parametrize("name, outside", [
+    ("a.png", False), ("sub/../a.png", False), ("./a.png", False), ("..a.png", False),
+    ("../a.png", True), ("sub/../../a.png", True), ("/abs/a.png", True), ("C:\\data\\a.png", True),
+    ("..\\a.png", True),
+])
+def test_leaves_folder(name, outside):
+    assert leaves_folder(name) is outside
+
+
+def test_paths_leaving_the_image_folder_are_refused_unless_allowed(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "images" / "in.png")
+    Image.new("RGB", (20, 10), (0, 255, 0)).save(tmp_path / "up.png")
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "abs.png")
+    names = ["in.png", "../up.png", str(tmp_path / "abs.png")]
+    coco = {"images": [{"id": i + 1, "file_name": n} for i, n in enumerate(names)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(3)],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError) as e:
+        CocoDetection(tmp_path / "ann.json", tmp_path / "images")
+    assert str(e.value) == (f"{tmp_path / 'ann.json'}: images[1] has file_name '../up.png', outside the image folder "
+                            f"{tmp_path / 'images'} (2 such image(s); fix the file name, or pass "
+                            "--set data.allow_outside_paths=true to allow it)")
+    ds = CocoDetection(tmp_path / "ann.json", tmp_path / "images", allow_outside_paths=True)
+    assert ds.stats["outside_paths"] == 2 and len(ds) == 3
+    assert [ds[i][0][:, 0, 0].tolist() for i in range(3)] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    cfg = DataConfig()
+    cfg.allow_outside_paths = True
+    assert len(build_dataset(cfg, tmp_path / "ann.json", tmp_path / "images")) == 3
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"images": []}', '{"images": [{"id": 1}], "categories": []}'])
