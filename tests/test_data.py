@@ -232,6 +232,23 @@ def test_train_reports_an_undecodable_image_in_one_line(late_failure, tmp_path):
     assert code == 0 and err == "" and "trained 2 iterations" in out
 
 
+def test_eval_takes_the_data_options(late_failure, tmp_path):
+    from drmm import build_detector
+    from drmm.engine.checkpoint import atomic_save, make_checkpoint
+
+    cfg = tiny_config(min_size=64, max_size=64)
+    atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), ["c5", "c11", "c42"], [5, 11, 42]), tmp_path / "m.pt")
+    args = ("eval", "--weights", tmp_path / "m.pt", "--ann", late_failure / "ann.json", "--images", late_failure,
+            "--out", tmp_path / "ev", "--workers", 0)
+    code, _, err = run_cli(*args)
+    assert code == 2 and "drmm eval: error: cannot read image" in err and SKIP_HINT in err
+    code, out, err = run_cli(*args, "--set", "data.skip_unreadable=true")
+    assert code == 0 and "7 images of" in out
+    code, _, err = run_cli(*args, "--set", "model.num_stages=1")
+    assert code == 2 and err == ("drmm eval: error: --set model.num_stages=1: only data.* keys can be set here "
+                                 "(the checkpoint carries the rest)\n")
+
+
 def _edited(coco_dir: Path, edit) -> Path:
     """A copy of the fixture's annotation file after ``edit(dict)``."""
     d = json.loads((coco_dir / "ann.json").read_text())
