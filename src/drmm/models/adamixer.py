@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..structures import StageOutput
 from .backbone import LEVELS, STRIDES
 from .box_ops import box_iof, update_xyzr, xyxy_to_xyzr, xyzr_to_xyxy, xyzr_wh
-from .layers import check_topk_ratio, feedforward, keep_top
+from .layers import check_topk_ratio, feedforward, init_decoder, keep_top
 
 
 def position_embedding(xyzr: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -206,14 +206,7 @@ class AdaMixerDecoder(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.topk_ratio = check_topk_ratio(topk_ratio)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for stage in self.stages:
-            stage.reset_parameters()
+        init_decoder(self)
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, content: Tensor,
                 image_sizes: list[tuple[int, int]]) -> list[StageOutput]:

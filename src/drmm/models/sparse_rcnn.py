@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..structures import StageOutput
 from .box_ops import clean_boxes
-from .layers import check_topk_ratio, feedforward, keep_top
+from .layers import check_topk_ratio, feedforward, init_decoder, keep_top
 
 
 class DynamicConv(nn.Module):
@@ -65,6 +65,10 @@ class SparseRCNNStage(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = make_head()
 
+    def reset_parameters(self) -> None:
+        """After the decoder-wide Xavier init: the head's prior."""
+        self.head.reset_parameters()
+
     def forward(self, roi_features: Tensor, boxes: Tensor, pro_features: Tensor) -> StageOutput:
         """``roi_features [B*K, D, S, S]``, ``boxes [B, K, 4]``, ``pro_features [B, K, D]``."""
         B, K, D = pro_features.shape
@@ -87,14 +91,7 @@ class SparseRCNNDecoder(nn.Module):
         self.pooler = pooler
         self.stages = nn.ModuleList(stages)
         self.topk_ratio = check_topk_ratio(topk_ratio)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for stage in self.stages:
-            stage.head.reset_parameters()
+        init_decoder(self)
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, pro_features: Tensor,
                 image_sizes: list[tuple[int, int]]) -> list[StageOutput]:
