@@ -6,12 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from drmm.calibration import (
-    confidence_histograms,
-    expected_calibration_error,
-    match_detections,
-    reliability_diagram,
-)
+from drmm.evaluation import bin_statistics, expected_calibration_error, match_detections
+from drmm.plotting import confidence_histograms, reliability_diagram
 
 
 def _det(boxes, scores, labels):
@@ -126,7 +122,8 @@ def test_figures_are_written(tmp_path):
     res = expected_calibration_error(p * o, correct)
     reliability_diagram(res, tmp_path / "sub" / "rel.png", title_extra="test model", ap=0.423)
     reliability_diagram(expected_calibration_error([], []), tmp_path / "empty.png")
-    confidence_histograms({"class probability p": p, "objectness o": o, "confidence p*o": p * o},
-                          correct, tmp_path / "hist.png", n_bins=10)
+    columns = {"class probability p": p, "objectness o": o, "confidence p*o": p * o}
+    confidence_histograms({name: bin_statistics(v, correct, 10) for name, v in columns.items()},
+                          tmp_path / "hist.png")
     for name in ("sub/rel.png", "empty.png", "hist.png"):
         _assert_png(tmp_path / name)

@@ -15,13 +15,11 @@ from torch import nn
 
 from drmm import build_detector, detector_from_checkpoint
 from drmm.bench import benchmark
-from drmm.calibration import expected_calibration_error, match_detections
 from drmm.cli_eval import register
 from drmm.config import save_config
 from drmm.data import CocoDetection, generate_synthetic
 from drmm.engine.checkpoint import atomic_save, make_checkpoint
-from drmm.engine.coco_eval import METRIC_NAMES
-from drmm.engine.evaluate import evaluate, run_inference
+from drmm.evaluation import METRIC_NAMES, evaluate, expected_calibration_error, match_detections, run_inference
 from drmm.predict import predict
 
 CAT_IDS = [5, 11, 42, 60, 99]  # non-contiguous dataset ids for the 5 synthetic classes

@@ -8,14 +8,15 @@ import torch
 from pycocotools.coco import COCO
 from torchvision.ops import nms
 
-from drmm.engine.coco_eval import (
+from drmm.evaluation import (
     METRIC_NAMES,
     coco_evaluate,
     format_metrics_table,
+    nms_per_class,
     to_coco_results,
+    winner_take_all,
 )
-from drmm.engine.postprocess import nms_per_class, winner_take_all
-from drmm.visualize import HIGH_COLOR, LOW_COLOR, draw_detections, save_image_png
+from drmm.plotting import HIGH_COLOR, LOW_COLOR, draw_detections, save_image_png
 
 
 def _random_det(n=60, n_classes=3, seed=0, dtype=torch.float32):

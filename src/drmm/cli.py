@@ -84,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_metrics(metrics: dict) -> None:
     if metrics:
-        from .engine.coco_eval import format_metrics_table
+        from .evaluation import format_metrics_table
 
         print(format_metrics_table(metrics))
 
@@ -101,7 +101,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .data import generate_synthetic
-    from .engine.evaluate import evaluate
+    from .evaluation import evaluate
     from .engine.train import DataPaths, train
     from .models import detector_from_checkpoint
     from .predict import predict

@@ -40,8 +40,8 @@ def check_class_mapping(dataset, ckpt: dict, num_classes: int, weights: str | Pa
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import CocoDetection
-    from .engine.coco_eval import format_metrics_table
-    from .engine.evaluate import evaluate, format_diagnostics_table, format_nms_sweep_table
+    from .evaluation import format_metrics_table
+    from .evaluation import evaluate, format_diagnostics_table, format_nms_sweep_table
     from .models import detector_from_checkpoint
 
     dev = _device(args.device)

@@ -149,7 +149,7 @@ def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: s
     """Train ``cfg`` into ``vdir/run`` (unless a finished run is there) and evaluate ``last.pt`` into ``vdir/eval``."""
     from .cli_eval import check_class_mapping
     from .data import CocoDetection
-    from .engine.evaluate import evaluate
+    from .evaluation import evaluate
     from .engine.train import DataPaths, train
     from .models import detector_from_checkpoint
 
@@ -341,7 +341,7 @@ def format_claims(claims: list[dict[str, str]]) -> str:
 
 def write_results(out: Path, report: dict[str, Any]) -> None:
     """``OUT/results.md`` and ``OUT/results.json`` from :func:`reproduce`'s report."""
-    from .engine.evaluate import write_json
+    from .evaluation import write_json
 
     write_json(out / "results.json", report)
     b = report["budget"]

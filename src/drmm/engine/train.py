@@ -29,6 +29,7 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..data import CocoDetection, build_transforms, collate_fn
 from ..models import build_detector
+from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
 
 logger = logging.getLogger("drmm.train")
@@ -138,33 +139,6 @@ def init_distributed() -> tuple[int, int, torch.device | None]:
 
 
 # ----------------------------------------------------------------------------- trainer
-
-
-def _plot_losses(log_path: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    rows = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if r.get("type") == "train"]
-    if not rows:
-        return
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["loss"] for r in rows], label="total")
-    stage_keys = sorted({k for r in rows for k in r if k.startswith(("nll.", "mcm."))})
-    last = [k for k in stage_keys if k.endswith(f".{max(int(k.split('.')[1]) for k in stage_keys)}")] if stage_keys else []
-    for k in last:
-        ax.plot(steps, [r.get(k, float("nan")) for r in rows], label=f"{k} (last stage)", alpha=0.7)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss per batch")
-    ax.set_yscale("symlog")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
 
 
 class Trainer:
@@ -343,8 +317,8 @@ class Trainer:
 
     # -- evaluation
     def evaluate(self) -> dict[str, float]:
-        from .coco_eval import coco_evaluate, to_coco_results
-        from .evaluate import run_inference
+        from ..evaluation.coco import coco_evaluate, to_coco_results
+        from ..evaluation.inference import run_inference
 
         if self.val_set is None:
             return {}
@@ -414,7 +388,7 @@ class Trainer:
                     self._checkpoint("best.pt", metrics)
             self._checkpoint("last.pt", metrics)
             if (self.out / "log.jsonl").exists():
-                _plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+                loss_curve(self.out / "log.jsonl", self.out / "loss.png")
         return {"step": self.step, "metrics": metrics, "nonfinite_steps": self.nonfinite_total,
                 "seconds": time.time() - start_time}
 
