@@ -11,7 +11,9 @@ from conftest import tiny_config
 
 from drmm.config import load_config, save_config
 from drmm.data import generate_synthetic
-from drmm.engine.train import DataPaths, EpochBatchSampler, Trainer, lr_factor, train
+from drmm.engine.sampling import EpochBatchSampler
+from drmm.engine.schedule import lr_factor
+from drmm.engine.train import DataPaths, Trainer, train
 from drmm.models import load_checkpoint
 
 
@@ -100,11 +102,11 @@ def test_nonfinite_steps_are_skipped_then_stop(synth, tmp_path, monkeypatch):
 
 def test_schedule_and_sampler():
     cfg = small_cfg(warmup_iters=10, warmup_factor=0.1, lr_steps=[2, 3], lr_steps_unit="epoch", lr_gamma=0.1)
-    assert lr_factor(0, cfg, 100) == pytest.approx(0.1)
-    assert lr_factor(5, cfg, 100) == pytest.approx(0.55)
-    assert lr_factor(150, cfg, 100) == 1.0
-    assert lr_factor(200, cfg, 100) == pytest.approx(0.1)
-    assert lr_factor(399, cfg, 100) == pytest.approx(0.01)
+    assert lr_factor(0, cfg.train, 100) == pytest.approx(0.1)
+    assert lr_factor(5, cfg.train, 100) == pytest.approx(0.55)
+    assert lr_factor(150, cfg.train, 100) == 1.0
+    assert lr_factor(200, cfg.train, 100) == pytest.approx(0.1)
+    assert lr_factor(399, cfg.train, 100) == pytest.approx(0.01)
     single = EpochBatchSampler(10, 4, seed=3)
     ranks = [EpochBatchSampler(10, 2, seed=3, rank=r, world=2) for r in range(2)]
     for s in [single, *ranks]:
