@@ -165,6 +165,7 @@ class AdaMixerStage(nn.Module):
                  feature_channels: int, groups: int, points: int, out_points: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)  # on each residual branch
         self.iof_tau = nn.Parameter(torch.zeros(num_heads))
         self.norm1 = nn.LayerNorm(dim)
         self.sampling = AdaptiveSampling(dim, groups, points)
@@ -172,7 +173,6 @@ class AdaMixerStage(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = feedforward(dim, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
         self.head = make_head()
 
     def reset_parameters(self) -> None:

@@ -57,12 +57,12 @@ class SparseRCNNStage(nn.Module):
                  dynamic_dim: int, pooler_resolution: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)  # on each residual branch
         self.norm1 = nn.LayerNorm(dim)
         self.dynamic_conv = DynamicConv(dim, dynamic_dim, pooler_resolution)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = feedforward(dim, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
         self.head = make_head()
 
     def reset_parameters(self) -> None:
