@@ -81,6 +81,6 @@ def training_data_paths(args: argparse.Namespace):
 def print_metrics(metrics: dict) -> None:
     """The COCO metrics table (nothing when ``metrics`` is empty)."""
     if metrics:
-        from ..engine.coco_eval import format_metrics_table
+        from ..evaluation import format_metrics_table
 
         print(format_metrics_table(metrics))

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset, generate_synthetic
-    from ..engine.evaluate import evaluate
+    from ..evaluation import evaluate
     from ..engine.train import DataPaths, train
     from ..models import detector_from_checkpoint
     from ..predict import predict

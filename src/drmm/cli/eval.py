@@ -29,8 +29,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import build_dataset, check_class_mapping
-    from ..engine.coco_eval import format_metrics_table
-    from ..engine.evaluate import evaluate, format_diagnostics_table, format_nms_sweep_table
+    from ..evaluation import evaluate, format_diagnostics_table, format_metrics_table, format_nms_sweep_table
     from ..models import detector_from_checkpoint
 
     dev = device(args.device)

@@ -31,3 +31,12 @@ def check_topk_ratio(ratio: float) -> float:
     if not 0 < ratio <= 1:
         raise ValueError(f"topk_ratio must be in (0, 1], got {ratio}")
     return ratio
+
+
+def init_decoder(decoder: nn.Module) -> None:
+    """Xavier-uniform for every weight matrix of the decoder, then each stage's own initialisation (released)."""
+    for p in decoder.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for stage in decoder.stages:
+        stage.reset_parameters()

@@ -62,7 +62,7 @@ def _budget_text(budget: dict[str, Any]) -> str:
 
 def write_results(out: Path, report: dict[str, Any]) -> None:
     """``OUT/results.md`` and ``OUT/results.json`` from :func:`drmm.reproduce.reproduce`'s report."""
-    from ..engine.evaluate import write_json
+    from ..evaluation import write_json
 
     write_json(out / "results.json", report)
     m = report["machine"]

@@ -62,7 +62,7 @@ def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: s
                 progress: bool = True) -> None:
     """Train ``cfg`` into ``vdir/run`` (unless a finished run is there) and evaluate ``last.pt`` into ``vdir/eval``."""
     from ..data import build_dataset, check_class_mapping
-    from ..engine.evaluate import evaluate
+    from ..evaluation import evaluate
     from ..engine.train import DataPaths, train
     from ..models import detector_from_checkpoint
 
