@@ -83,7 +83,8 @@ class Trainer:
             self.val_set = build_dataset(cfg.data, data.val_ann, data.val_images, train=False, progress=show)
             if self.val_set.cat_ids != self.train_set.cat_ids:
                 raise ValueError(f"{data.val_ann}: categories {self.val_set.cat_ids} differ from "
-                                 f"the training set's {self.train_set.cat_ids}")
+                                 f"the training set's {self.train_set.cat_ids} (give the validation file "
+                                 "of the same dataset, or fix its categories)")
         if cfg.model.num_classes != self.train_set.num_classes:
             logger.info("num_classes set to %d from %s", self.train_set.num_classes, data.train_ann)
             cfg.model.num_classes = self.train_set.num_classes
@@ -93,7 +94,8 @@ class Trainer:
         self.model = build_detector(cfg).to(self.device)
         if self.world > 1 and t.sync_bn:
             if self.device.type == "cpu":
-                raise ValueError("train.sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU)")
+                raise ValueError("train.sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU); "
+                                 "pass --set train.sync_bn=false")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ddp = None
         if self.world > 1:
@@ -108,7 +110,7 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, t, self.steps_per_epoch))
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs a GPU; use bf16 or none on the CPU")
+            raise ValueError("train.amp=fp16 needs a GPU; on the CPU pass --set train.amp=bf16 (or none)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
@@ -138,7 +140,8 @@ class Trainer:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path, "cpu")  # RNG states must stay CPU tensors; load_state_dict moves the rest
         if "optimizer" not in ckpt:
-            raise RuntimeError(f"{path} holds no training state; cannot resume from it")
+            raise RuntimeError(f"{path} holds no training state; cannot resume from it (start a new run: "
+                               "another --out, without --resume)")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -219,7 +222,8 @@ class Trainer:
             if self.nonfinite >= self.cfg.train.max_consecutive_nonfinite:
                 raise RuntimeError(
                     f"{self.nonfinite} non-finite losses in a row at iteration {self.step}: training stopped. "
-                    "Lower train.lr, check the data for broken boxes, or disable AMP.")
+                    "Lower the learning rate (--set train.lr=...), check the data for broken boxes, "
+                    "or turn AMP off (--set train.amp=none).")
             with warnings.catch_warnings():  # the schedule follows the iteration count, stepped or not
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
