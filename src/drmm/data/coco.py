@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from ..config import DataConfig
 from .annotations import assign_missing_ids, leaves_folder, load_annotations
-from .images import SKIP_REMEDY, UnreadableImageError, check_image, load_rgb, unreadable
+from .images import NO_SUCH_FILE, SKIP_OPTION, SKIP_REMEDY, UnreadableImageError, check_image, load_rgb, unreadable
 
 logger = logging.getLogger("drmm.data")
 
@@ -161,10 +161,9 @@ class CocoDetection(torch.utils.data.Dataset):
         if bad and not skip_unreadable:
             path, reason = bad[0]
             count = f"{len(bad)} of the {len(ids)} images used from {self.ann_file} cannot be read"
-            if reason == "no such file":
-                raise FileNotFoundError(f"cannot read image {path}: no such file ({count}; restore the file or "
-                                        "fix its file_name, or pass --set data.skip_unreadable=true to skip "
-                                        "unreadable images)")
+            if reason == NO_SUCH_FILE:
+                raise FileNotFoundError(f"cannot read image {path}: {reason} ({count}; restore the file or fix "
+                                        f"its file_name, or {SKIP_OPTION})")
             raise UnreadableImageError(f"cannot read image {path}: {reason} ({count}; {SKIP_REMEDY})")
         if bad:
             logger.warning("%s: skipped %d unreadable image(s), e.g. %s: %s", self.ann_file, len(bad), *bad[0])

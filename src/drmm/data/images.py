@@ -14,8 +14,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-SKIP_REMEDY = "fix or remove the file, or pass --set data.skip_unreadable=true to skip unreadable images"
-"""What a user can do about an unreadable image (``skip_unreadable=True`` in Python)."""
+SKIP_OPTION = "pass --set data.skip_unreadable=true to skip unreadable images"
+"""How a command-line user skips unreadable images (``skip_unreadable=True`` in Python)."""
+SKIP_REMEDY = f"fix or remove the file, or {SKIP_OPTION}"
+"""What a user can do about an unreadable image."""
+NO_SUCH_FILE = "no such file"
+""":func:`check_image`'s reason for a missing file."""
 
 
 def _own_line(message: str) -> str:
@@ -44,7 +48,7 @@ class UnreadableImageError(RuntimeError):
 def _reason(error: BaseException | str) -> str:
     """A short one-line reason for a failed read."""
     if isinstance(error, FileNotFoundError):
-        return "no such file"
+        return NO_SUCH_FILE
     if isinstance(error, UnidentifiedImageError):
         return "not an image file (or a format PIL cannot read)"
     return " ".join(str(error).split()) or type(error).__name__
@@ -58,7 +62,7 @@ def unreadable(path: str | Path, error: BaseException | str) -> UnreadableImageE
 def check_image(path: str | Path) -> str | None:
     """Why ``path`` is not a readable image (a short reason), or None; reads no pixel data.
 
-    Missing files (``"no such file"``), files PIL does not recognise and (for PNG)
+    Missing files (:data:`NO_SUCH_FILE`), files PIL does not recognise and (for PNG)
     truncated or corrupt chunks are found; damaged compressed pixel data is only
     found by decoding.
     """
