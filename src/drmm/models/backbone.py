@@ -224,7 +224,7 @@ def build_backbone(cfg) -> Backbone:
         body, channels = SwinBody(cfg.pretrained), list(SWIN_T_CHANNELS)
     elif cfg.backbone == "tiny":
         if cfg.pretrained:
-            raise ValueError("the tiny backbone has no pretrained weights; unset model.pretrained")
+            raise ValueError("the tiny backbone has no pretrained weights; remove model.pretrained from the config or pass --set model.pretrained=null")
         body, channels = TinyBody(list(cfg.tiny_widths)), list(cfg.tiny_widths)
     else:
         raise ValueError(f"unknown backbone {cfg.backbone!r}; available: {BACKBONES}")
