@@ -1,4 +1,5 @@
-"""Every figure drmm draws: reliability diagrams, confidence histograms, loss curves, drawn detections.
+"""Every figure drmm draws: reliability diagrams, detectors' calibration curves, confidence histograms, loss
+curves, drawn detections.
 
 Plots use matplotlib's object API (``Figure`` + Agg on save), so importing this
 module never touches pyplot or the global backend. The statistics come from
