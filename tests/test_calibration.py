@@ -7,8 +7,9 @@ import torch
 from PIL import Image
 
 import calibration_reference as ref
-from drmm.evaluation import (CalibrationOptions, bin_index, bin_statistics, calibration_summary, detections_from_results,
-                             expected_calibration_error, ground_truth_from_coco, match, match_detections)
+from drmm.evaluation import (CalibrationOptions, bin_index, bin_statistics, calibration_summary,
+                             detections_from_results, expected_calibration_error, ground_truth_from_coco, match,
+                             match_detections)
 from drmm.plotting import calibration_curves, confidence_histograms, reliability_diagram
 
 

@@ -1,4 +1,7 @@
-"""The ``drmm`` command: info, synth, train, demo, eval, calibration, predict, bench, reproduce (see ``drmm COMMAND --help``)."""
+"""The ``drmm`` command: info, synth, train, demo, eval, calibration, predict, bench, reproduce.
+
+See ``drmm COMMAND --help``.
+"""
 # One module per command, each with register(subparsers) (its parser; set_defaults(func=run))
 # and run(args) -> exit code; common.py holds what several commands share.
 from __future__ import annotations

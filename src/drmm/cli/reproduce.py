@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     print(library.format_table(report["variants"], report["failed"]))
     print("(AP, AR, ECE, LaECE in percentage points; exp(-MCM) in 0..1)\n")
     print("D-ECE and LaECE on the held-out half of val, before and after temperature scaling fitted on the other:")
-    print(library.format_calibration_table(report["variants"]) + "\n")
+    print(library.format_posthoc_table(report["variants"]) + "\n")
     print(library.format_claims(report["claims"]))
     print(f"\nwrote {Path(args.out) / 'results.md'} and results.json")
     return 0

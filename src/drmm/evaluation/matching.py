@@ -49,7 +49,7 @@ def iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def iof_xywh(det: np.ndarray, region: np.ndarray) -> np.ndarray:
-    """Intersection over the area of each ``det [N, 4]`` with each ``region [M, 4]`` -> ``[N, M]`` (0 for empty boxes)."""
+    """Intersection over the area of each ``det [N, 4]`` with each ``region [M, 4]`` -> ``[N, M]`` (0 if empty)."""
     inter = _intersection(det, region)
     area = (det[:, 2] * det[:, 3])[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):

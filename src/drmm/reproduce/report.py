@@ -1,4 +1,4 @@
-"""The reproduce report: the results and calibration tables, the claims, ``results.md`` / ``results.json``, the machine."""
+"""The reproduce report: results and calibration tables, the claims, ``results.md`` / ``results.json``, the machine."""
 from __future__ import annotations
 
 import math
@@ -50,7 +50,7 @@ def format_table(rows: dict[str, dict[str, Any]], failed: dict[str, str] | None 
 CALIBRATION_HEADER = ("variant", "D-ECE", "LaECE", "T", "D-ECE, temperature-scaled", "LaECE, temperature-scaled")
 
 
-def format_calibration_table(rows: dict[str, dict[str, Any]]) -> str:
+def format_posthoc_table(rows: dict[str, dict[str, Any]]) -> str:
     """Markdown table: each variant's D-ECE and LaECE on the held-out half of val, before and after temperature scaling.
 
     Values in percentage points; ``T`` the fitted temperature.
@@ -99,10 +99,11 @@ def write_results(out: Path, report: dict[str, Any]) -> None:
         "## Results", "",
         format_table(rows, failed), "",
         "AP, AP50, AR100 (COCO, top 100), ECE (D-ECE, IoU 0.5, 10 bins, scores >= 0.05) and LaECE (IoU 0.5, 25 "
-        "bins per class, mean over classes) in percentage points on the val split, from the last checkpoint. *AP NMS0.7*: after class-wise NMS at IoU 0.7; *AP WTA*: after "
-        "winner-take-all at IoU 0.7. *exp(-MCM)*: mean over val ground truths of max_k comp_k / sum_k comp_k, per "
-        "decoder stage (mixture variants only; for `nll_mcm_bipartite` the objective's matched component "
-        "replaces the max). *paper AP*: COCO val, R50, 36 epochs (the scale here is far smaller). *s/iter*: "
+        "bins per class, mean over classes) in percentage points on the val split, from the last checkpoint. "
+        "*AP NMS0.7*: after class-wise NMS at IoU 0.7; *AP WTA*: after winner-take-all at IoU 0.7. *exp(-MCM)*: "
+        "mean over val ground truths of max_k comp_k / sum_k comp_k, per decoder stage (mixture variants only; "
+        "for `nll_mcm_bipartite` the objective's matched component replaces the max). *paper AP*: COCO val, R50, "
+        "36 epochs (the scale here is far smaller). *s/iter*: "
         "training wall time per iteration, data loading included.", "",
     ]
     for name, msg in failed.items():
@@ -115,8 +116,8 @@ def write_results(out: Path, report: dict[str, Any]) -> None:
            "Each variant's detections on the val split, fitted by temperature scaling on the images at even "
            "positions of the sorted image ids and measured on the others (the held-out half), before and after "
            "(`drmm calibration --fit`; `<variant>/eval/temperature_scaling.json`). D-ECE and LaECE as above, on the "
-           "held-out half only; *T*: the fitted temperature (> 1: the scores were over-confident).", "",
-           format_calibration_table(rows), "",
+           "held-out half only; *T*: the fitted temperature (T < 1 moves scores away from 0.5, T > 1 towards it).", "",
+           format_posthoc_table(rows), "",
            "## The paper's claims", ""]
     for c in report["claims"]:
         md.append(f"* **({c['id']}) {c['verdict']}** - {c['claim']}. Ours: {c['numbers']}. Paper: {c['paper']}.")
