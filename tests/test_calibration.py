@@ -1,4 +1,4 @@
-"""D-ECE: greedy matching, binning against an independent implementation, figures."""
+"""D-ECE and LaECE: matching (coco, netcal), binning, the metrics against independent brute force, figures."""
 import math
 
 import numpy as np
@@ -6,8 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from drmm.evaluation import bin_statistics, expected_calibration_error, match_detections
-from drmm.plotting import confidence_histograms, reliability_diagram
+import calibration_reference as ref
+from drmm.evaluation import (CalibrationOptions, bin_index, bin_statistics, calibration_summary,
+                             detections_from_results, expected_calibration_error, ground_truth_from_coco, match,
+                             match_detections)
+from drmm.plotting import calibration_curves, confidence_histograms, reliability_diagram
 
 
 def _det(boxes, scores, labels):
@@ -138,3 +141,126 @@ def test_figures_are_written(tmp_path):
                           tmp_path / "hist.png")
     for name in ("sub/rel.png", "empty.png", "hist.png"):
         _assert_png(tmp_path / name)
+
+
+# ----------------------------------------------------------------------------- COCO files vs brute force
+
+
+def _summary(ann, dets, **options):
+    gt = ground_truth_from_coco(ann)
+    d = detections_from_results(dets, gt)
+    return gt, d, calibration_summary(gt, d, CalibrationOptions(**options))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("matching, iou, min_score", [("coco", 0.5, 0.05), ("netcal", 0.5, 0.05),
+                                                      ("coco", 0.3, 0.0), ("netcal", 0.7, 0.1)])
+def test_metrics_match_brute_force_on_random_coco_files(seed, matching, iou, min_score):
+    ann, dets = ref.random_coco(seed)
+    gt, d, s = _summary(ann, dets, iou=iou, min_score=min_score, matching=matching)
+    kw = dict(iou_min=iou, matching=matching, min_score=min_score)
+    m = match(gt, d, iou, matching)
+    expected = ref.match(ann["annotations"], dets, iou, matching)
+    assert m.correct.tolist() == [c for c, _, _ in expected] and m.ignored.tolist() == [g for _, _, g in expected]
+    np.testing.assert_allclose(m.iou, [v for _, v, _ in expected], rtol=0, atol=1e-12)
+    rows = ref.counted(ann["annotations"], dets, **kw)
+    assert s.d_ece.n == len(rows) and int(s.counted.correct.sum()) == sum(c for _, c, _, _ in rows)
+    assert s.d_ece.ece == pytest.approx(ref.d_ece(ann["annotations"], dets, 10, **kw), abs=1e-12)
+    assert s.d_ece.bin_count.tolist() == ref.ece([(r[0], r[1]) for r in rows], 10)[1]
+    laece, per_class = ref.laece(ann["annotations"], dets, 25, **kw)
+    assert s.laece.laece == pytest.approx(laece, abs=1e-12)
+    assert sorted(s.laece.per_class) == sorted(per_class) and 40 not in per_class and 50 not in per_class
+    for c, v in per_class.items():
+        assert s.laece.per_class[c].ece == pytest.approx(v, abs=1e-12)
+        class_pairs = [(r[0], 1.0 if r[1] else 0.0) for r in rows if r[3] == c]
+        assert s.per_class_d_ece[c].ece == pytest.approx(ref.ece(class_pairs, 10)[0], abs=1e-12)
+    assert any(r[0] in ref.EDGES for r in rows) and (~m.correct & ~m.ignored).any()
+    if matching == "coco" and seed != 1:  # crowd regions with detections inside (seed 1 has none)
+        assert m.ignored.any()
+
+
+def _cocoeval_outcome(ann, dets, iou):
+    """Per detection (file order): (correct, ignored) as pycocotools' COCOeval decides at one IoU threshold."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = ann
+        gt.createIndex()
+        dt = gt.loadRes([dict(d) for d in dets])
+        ev = COCOeval(gt, dt, iouType="bbox")
+        ev.params.iouThrs = np.array([iou])
+        ev.params.areaRng, ev.params.areaRngLbl = [[0, 1e10]], ["all"]
+        ev.params.maxDets = [10_000]
+        ev.evaluate()
+    outcome = {}
+    for e in ev.evalImgs:
+        if e is not None:
+            for k, dt_id in enumerate(e["dtIds"]):
+                ignored = bool(e["dtIgnore"][0, k])  # matched to a crowd region
+                outcome[dt_id] = (bool(e["dtMatches"][0, k] > 0) and not ignored, ignored)
+    return [outcome[i + 1] for i in range(len(dets))]  # loadRes numbers results 1..N in file order
+
+
+@pytest.mark.parametrize("seed", [0, 2, 3, 4, 5, 6])  # seed 1 has no detection in a crowd region
+def test_coco_matching_is_cocoeval_matching(seed):
+    """The default matching takes and ignores exactly the detections COCOeval does (crowd regions included)."""
+    ann, dets = ref.random_coco(seed, crowd_rate=0.3)
+    dets = [dict(d, score=min(d["score"], 0.99) + 1e-9 * i) for i, d in enumerate(dets)]  # no score ties
+    gt = ground_truth_from_coco(ann)
+    m = match(gt, detections_from_results(dets, gt), 0.5, "coco")
+    expected = _cocoeval_outcome(ann, dets, 0.5)
+    assert list(zip(m.correct.tolist(), m.ignored.tolist())) == expected
+    assert any(ig for _, ig in expected) and any(c for c, _ in expected)
+
+
+def _coco(anns, cats=(1, 2, 3)):
+    return {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+            "categories": [{"id": c, "name": f"c{c}"} for c in cats],
+            "annotations": [{"id": i + 1, "image_id": im, "category_id": c, "bbox": b, "iscrowd": cr}
+                            for i, (im, c, b, cr) in enumerate(anns)]}
+
+
+def test_hand_made_file_crowd_duplicates_classes():
+    ann = _coco([(1, 1, [0, 0, 10, 10], 0), (1, 1, [50, 50, 40, 40], 1),  # an object and a crowd region
+                 (1, 2, [0, 0, 10, 10], 0), (2, 3, [0, 0, 20, 20], 0)])  # class 3: ground truth, no detection
+    det = lambda im, c, b, s: {"image_id": im, "category_id": c, "bbox": b, "score": s}  # noqa: E731
+    dets = [det(1, 1, [0, 0, 10, 10], 1.0),  # correct, IoU 1
+            det(1, 1, [0, 0, 10, 8], 0.9),  # duplicate: wrong under coco, correct (IoU 0.8) under netcal
+            det(1, 1, [60, 60, 5, 5], 0.7),  # inside the crowd region (IoU 0.016, IoF 1): ignored
+            det(1, 1, [85, 85, 10, 10], 0.3),  # IoF 0.25 with the crowd region: wrong
+            det(1, 2, [0, 0, 10, 5], 0.5),  # IoU 0.5 exactly: correct, on the 0.5 bin edge
+            det(2, 1, [0, 0, 20, 20], 0.0)]  # below min-score
+    _, d, s = _summary(ann, dets)
+    assert (s.d_ece.n, s.counted.ignored, s.counted.below_min_score) == (4, 1, 1)
+    assert s.counted.correct.tolist() == [True, False, False, True]
+    np.testing.assert_allclose(s.counted.iou, [1.0, 0.0, 0.0, 0.5])
+    # D-ECE: bins 10 (1.0, 0.9), 3 (0.3), 5 (0.5): 2/4 |0.5 - 0.95| + 1/4 |0 - 0.3| + 1/4 |1 - 0.5|
+    assert s.d_ece.ece == pytest.approx(0.5 * 0.45 + 0.25 * 0.3 + 0.25 * 0.5)
+    assert s.d_ece.bin_count.tolist() == [0, 0, 0, 1, 0, 1, 0, 0, 0, 2]
+    # LaECE: class 1 bins 24 (1.0 -> IoU 1), 22 (0.9 -> 0), 7 (0.3 -> 0); class 2 bin 12 (0.5 -> IoU 0.5)
+    assert s.laece.per_class[1].ece == pytest.approx((0 + 0.9 + 0.3) / 3) and s.laece.per_class[2].ece == 0
+    assert s.laece.laece == pytest.approx(0.2) and 3 not in s.laece.per_class
+    _, _, net = _summary(ann, dets, matching="netcal")
+    assert net.counted.correct.tolist() == [True, True, False, False, True]  # the crowd one counts: wrong
+    np.testing.assert_allclose(net.counted.iou, [1.0, 0.8, 0.0, 0.0, 0.5])
+
+
+@pytest.mark.parametrize("n_bins", [1, 3, 7, 10, 25, 49])
+def test_scores_on_bin_edges(n_bins):
+    edges = [m / n_bins for m in range(n_bins + 1)]
+    scores = np.array(edges + [np.nextafter(e, -1) for e in edges[1:]] + [0.0, 1.0])
+    assert bin_index(scores, n_bins).tolist() == [ref.bin_of(s, n_bins) for s in scores.tolist()]
+    assert bin_index(np.array([0.0, 1.0]), n_bins).tolist() == [0, n_bins - 1]
+
+
+def test_calibration_curves_figure(tmp_path):
+    ann, dets = ref.random_coco(0)
+    _, _, s = _summary(ann, dets)
+    calibration_curves({"precision": {"a": s.d_ece, "b": s.d_ece}, "mean IoU-accuracy": {"a": s.laece.pooled}},
+                       tmp_path / "curves.png")
+    _assert_png(tmp_path / "curves.png")

@@ -22,6 +22,8 @@ COMMAND_FLAGS = {
     "demo": {"--out", "--set"},
     "eval": {"--weights", "--data", "--split", "--ann", "--images", "--out", "--batch-size", "--device", "--workers",
              "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
+    "calibration": {"--ann", "--detections", "--names", "--out", "--iou", "--min-score", "--bins", "--laece-bins",
+                    "--matching", "--fit", "--fit-ann", "--method", "--skip-invalid"},
     "predict": {"--weights", "--out", "--threshold", "--device", "--recursive"},
     "bench": {"--weights", "--config", "--set", "--size", "--device", "--batch", "--runs", "--warmup", "--dtypes",
               "--threads", "--compile", "--no-optimize"},
@@ -106,9 +108,9 @@ def _usage_flags(help_text: str) -> set[str]:
 
 
 def test_parser_knows_every_command():
-    assert "{info,synth,train,demo,eval,predict,bench,reproduce}" in build_parser().format_help()
+    assert "{info,synth,train,demo,eval,calibration,predict,bench,reproduce}" in build_parser().format_help()
     code, out, _ = run_cli("--help")
-    assert code == 0 and "{info,synth,train,demo,eval,predict,bench,reproduce}" in out
+    assert code == 0 and "{info,synth,train,demo,eval,calibration,predict,bench,reproduce}" in out
     code, _, err = run_cli()  # a command is required
     assert code == 2 and "required" in err
     code, _, err = run_cli("nope")

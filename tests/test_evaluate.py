@@ -1,15 +1,15 @@
-"""`drmm eval` / `predict` / `bench`: outputs, category ids, ECE, diagnostics, NMS sweep, a perfect model."""
+"""`drmm eval` / `predict` / `bench`: outputs, category ids, ECE and LaECE, diagnostics, NMS sweep, a perfect model."""
 import argparse
 import contextlib
 import io
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
+import calibration_reference as ref
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import run_cli, tiny_config
 from PIL import Image
 from torch import nn
 
@@ -72,86 +72,35 @@ def eval_run(data_dir, ckpt):
 def test_eval_writes_metrics_detections_and_figures(eval_run, data_dir):
     out, printed = eval_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == [*METRIC_NAMES, "ECE"]
+    assert list(metrics) == [*METRIC_NAMES, "ECE", "LaECE"]
     assert all(v is None or 0 <= v <= 1 for v in metrics.values())
     assert metrics["APl"] is None  # no large objects in 64-pixel images: null, not NaN
-    assert metrics["ECE"] is not None
+    assert metrics["ECE"] is not None and metrics["LaECE"] is not None
     dets = json.loads((out / "detections.json").read_text())
     assert {d["category_id"] for d in dets} <= set(CAT_IDS) and len({d["category_id"] for d in dets}) > 1
     assert {d["image_id"] for d in dets} == set(range(1, 7)) and len(dets) == 6 * 60  # 12 x 5 < 100 pairs
     assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in dets)
-    for name in ("reliability.png", "confidence_histograms.png"):
+    for name in ("reliability.png", "reliability_laece.png", "confidence_histograms.png"):
         assert Image.open(out / name).size[0] > 100
     assert "ECE" in printed and "AP50" in printed
 
 
-def _iou_xywh(a, b) -> float:
-    """IoU of two [x, y, w, h] boxes, written out."""
-    iw = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    ih = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
-def _brute_force_ece(detections, annotations, images, n_bins=10, min_score=0.05, iou_min=0.5):
-    """D-ECE from COCO-format detections and annotations, with plain loops.
-
-    Ground truth as evaluation sees it: crowd regions dropped, boxes clipped to the
-    image. Per image, detections in descending score order (ties: file order) take
-    the free same-class ground truth of highest IoU >= ``iou_min``. Scores below
-    ``min_score`` are left out; bin m holds scores in [m / n_bins, (m + 1) / n_bins).
-    Returns (ece, number of correct detections).
-    """
-    size = {im["id"]: (im["width"], im["height"]) for im in images}
-    gts = defaultdict(list)
-    for a in annotations:
-        if a.get("iscrowd", 0):
-            continue
-        w_img, h_img = size[a["image_id"]]
-        x, y, w, h = a["bbox"]
-        x1, y1 = min(max(x, 0), w_img), min(max(y, 0), h_img)
-        x2, y2 = min(max(x + w, 0), w_img), min(max(y + h, 0), h_img)
-        gts[a["image_id"]].append((a["category_id"], [x1, y1, x2 - x1, y2 - y1]))
-    by_image = defaultdict(list)
-    for d in detections:
-        by_image[d["image_id"]].append(d)
-    pairs = []  # (score, correct)
-    for image_id, dets in by_image.items():
-        taken = [False] * len(gts[image_id])
-        for d in sorted(dets, key=lambda d: -d["score"]):
-            best, best_iou = None, iou_min
-            for j, (cat, box) in enumerate(gts[image_id]):
-                if taken[j] or cat != d["category_id"]:
-                    continue
-                iou = _iou_xywh(d["bbox"], box)
-                if iou >= best_iou and (best is None or iou > best_iou):
-                    best, best_iou = j, iou
-            if best is not None:
-                taken[best] = True
-            pairs.append((d["score"], best is not None))
-    bins = [[] for _ in range(n_bins)]
-    for score, correct in pairs:
-        if score >= min_score:
-            bins[min(int(score * n_bins), n_bins - 1)].append((score, correct))
-    n = sum(len(b) for b in bins)
-    ece = 0.0
-    for b in bins:
-        if b:
-            accuracy = sum(1 for _, c in b if c) / len(b)
-            confidence = sum(s for s, _ in b) / len(b)
-            ece += len(b) / n * abs(accuracy - confidence)
-    return ece, sum(1 for _, c in pairs if c)
-
-
-def test_eval_ece_matches_a_brute_force_computation(eval_run, data_dir):
+def test_eval_ece_is_drmm_calibration_on_its_detections(eval_run, data_dir, tmp_path):
+    """`drmm eval`'s ECE and LaECE are `drmm calibration` on its detections.json, and brute force agrees."""
     out, _ = eval_run
-    coco = json.loads((data_dir / "annotations" / "val.json").read_text())
-    detections = json.loads((out / "detections.json").read_text())
-    ece, n_correct = _brute_force_ece(detections, coco["annotations"], coco["images"])
-    assert n_correct > 0  # the matching is exercised (7 matches for this untrained model)
-    assert json.loads((out / "metrics.json").read_text())["ECE"] == pytest.approx(ece, abs=1e-9)
+    ann = data_dir / "annotations" / "val.json"
+    code, _, err = run_cli("calibration", "--ann", ann, "--detections", out / "detections.json", "--out", tmp_path)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = json.loads((tmp_path / "calibration.json").read_text())
+    assert metrics["ECE"] == report["d_ece"] and metrics["LaECE"] == report["laece"]  # exactly: the same code
+    own = json.loads((out / "calibration.json").read_text())
+    assert {k: own[k] for k in ("d_ece", "laece", "n", "per_class", "bins", "options")} == {
+        k: report[k] for k in ("d_ece", "laece", "n", "per_class", "bins", "options")}
+    coco, detections = json.loads(ann.read_text()), json.loads((out / "detections.json").read_text())
+    assert sum(c for c, _, _ in ref.match(coco["annotations"], detections)) > 0  # the matching is exercised
+    assert metrics["ECE"] == pytest.approx(ref.d_ece(coco["annotations"], detections), abs=1e-12)
+    assert metrics["LaECE"] == pytest.approx(ref.laece(coco["annotations"], detections)[0], abs=1e-12)
 
 
 def test_eval_diagnostics_per_stage(eval_run, data_dir):
@@ -204,9 +153,30 @@ def test_perfect_model_has_ap_1_and_ece_0(data_dir, tmp_path):
     model = _FakeModel({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))}
                        for t in gts)
     m = evaluate(model, ds, tmp_path, batch_size=4, progress=False)
-    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0) and m["ECE"] == 0.0
+    assert m["AP"] == pytest.approx(1.0) and m["AP50"] == pytest.approx(1.0) and m["ECE"] == 0.0 == m["LaECE"]
     assert json.loads((tmp_path / "metrics.json").read_text())["AP"] == pytest.approx(1.0)
     assert (tmp_path / "confidence_histograms.png").is_file()  # score-only histogram for a non-mixture head
+
+
+def test_detections_on_crowd_regions_are_ignored_as_cocoeval_does(data_dir, tmp_path):
+    """The bug of issue 15: a detection on a crowd region alone counted as wrong; COCOeval ignores it."""
+    coco = json.loads((data_dir / "annotations" / "val.json").read_text())
+    crowd = {"id": 10_000, "image_id": coco["images"][0]["id"], "category_id": CAT_IDS[0], "bbox": [0, 0, 30, 30],
+             "area": 900, "iscrowd": 1}
+    coco["annotations"].append(crowd)
+    (tmp_path / "crowd.json").write_text(json.dumps(coco))
+    ds = CocoDetection(tmp_path / "crowd.json", data_dir / "val", train=False)
+    dets = []
+    for i in range(len(ds)):
+        t = ds[i][1]
+        dets.append({"boxes": t["boxes"], "labels": t["labels"], "scores": torch.ones(len(t["labels"]))})
+    dets[0] = {"boxes": torch.cat([dets[0]["boxes"], torch.tensor([[2.0, 2.0, 12.0, 12.0]])]),  # inside the crowd
+               "labels": torch.cat([dets[0]["labels"], torch.tensor([0])]),
+               "scores": torch.cat([dets[0]["scores"], torch.tensor([0.9])])}
+    m = evaluate(_FakeModel(dets), ds, tmp_path / "out", batch_size=4, progress=False)
+    assert m["ECE"] == 0.0 and m["LaECE"] == 0.0 and m["AP"] == pytest.approx(1.0)
+    report = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert report["left_out"]["ignored_crowd"] == 1
 
 
 def test_eval_rejects_other_category_ids(data_dir, tmp_path):

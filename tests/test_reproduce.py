@@ -88,10 +88,17 @@ def test_reproduce_three_variants_end_to_end(tmp_path):
     for name, row in rows.items():
         assert row["iterations"] == 2 and row["seconds_per_iter"] > 0
         assert {"AP", "AP50", "AR100", "ECE", "AP_nms0.7", "AP_wta"} <= set(row)
+    for name, row in rows.items():  # temperature scaling fitted on one half of val, measured on the other
+        ts = json.loads((out / name / "eval" / "temperature_scaling.json").read_text())
+        assert ts["n_fit"] > 0 and ts["n_report"] > 0 and ts["params"]["temperature"] > 0
+        assert (row["ECE_half"], row["ECE_half_ts"], row["temperature"]) == (
+            ts["d_ece_before"], ts["d_ece_after"], ts["params"]["temperature"])
+        assert 0 <= row["LaECE"] <= 1 and 0 <= row["LaECE_half_ts"] <= 1
+    assert "## Calibration against a temperature-scaled baseline" in md and "LaECE, temperature-scaled" in printed
     assert len(rows["drmm"]["exp_neg_mcm_stages"]) == 2  # tiny config: 2 stages
     assert rows["baseline"]["exp_neg_mcm_stages"] == []  # no mixture, no diagnostics
     claims = {c["id"]: c for c in report["claims"]}
-    assert list(claims) == list("abcde")
+    assert list(claims) == list("abcdef")
     # the claims show this run's numbers, and results.md and the console say what results.json says
     assert claims["a"]["numbers"] == f"AP D-RMM {100 * rows['drmm']['AP']:.1f} vs baseline {100 * rows['baseline']['AP']:.1f}"
     for cid, c in claims.items():
@@ -104,7 +111,7 @@ def test_reproduce_three_variants_end_to_end(tmp_path):
     assert code == 0 and "reused" in printed
     assert (out / "drmm" / "eval" / "metrics.json").stat().st_mtime_ns == mtime
     report = json.loads((out / "results.json").read_text())
-    assert [c["verdict"] for c in report["claims"]] == ["not run"] * 5 and report["notes"] == {}
+    assert [c["verdict"] for c in report["claims"]] == ["not run"] * 6 and report["notes"] == {}
     assert "not run" in (out / "results.md").read_text()
 
 
@@ -115,8 +122,10 @@ def test_reproduce_cli_needs_a_budget_and_known_variants(tmp_path):
     assert code == 2 and "unknown variant(s) ['x']" in err
 
 
-def _row(AP, AR100, ECE, nms, mcm):
-    return {"AP": AP, "AR100": AR100, "ECE": ECE, "AP_nms0.7": nms, "exp_neg_mcm_last": mcm}
+def _row(AP, AR100, ECE, nms, mcm, half=(None, None)):
+    """``half``: D-ECE on the held-out half of val before and after temperature scaling."""
+    return {"AP": AP, "AR100": AR100, "ECE": ECE, "AP_nms0.7": nms, "exp_neg_mcm_last": mcm,
+            "ECE_half": half[0], "ECE_half_ts": half[1]}
 
 
 def _claims(rows, failed=None):
@@ -124,8 +133,8 @@ def _claims(rows, failed=None):
 
 
 def test_claims_held_with_their_numbers():
-    rows = {"drmm": _row(AP=0.5, AR100=0.625, ECE=0.05, nms=0.5, mcm=0.875),
-            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None),
+    rows = {"drmm": _row(AP=0.5, AR100=0.625, ECE=0.05, nms=0.5, mcm=0.875, half=(0.0625, 0.05)),
+            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None, half=(0.125, 0.075)),
             "nll_only": _row(AP=0.25, AR100=0.6, ECE=0.25, nms=0.375, mcm=0.5)}
     assert _claims(rows) == {
         "a": ("held", "AP D-RMM 50.0 vs baseline 37.5"),
@@ -134,19 +143,22 @@ def test_claims_held_with_their_numbers():
         "c": ("held", "NMS 0.7 lifts NLL-only AP 25.0 -> 37.5 (+12.5), D-RMM 50.0 -> 50.0 (+0.0)"),
         "d": ("held", "ECE D-RMM 5.0 vs baseline 12.5"),
         "e": ("held", "last-stage exp(-MCM) D-RMM 0.875 vs NLL-only 0.500"),
+        "f": ("held", "held-out half: D-ECE D-RMM 6.2 (temperature-scaled 5.0) vs temperature-scaled baseline 7.5 "
+                      "(before 12.5)"),
     }
     claims = judge_claims(rows)
     assert [(c["id"], c["needs"]) for c in claims] == [
         ("a", "drmm, baseline"), ("b", "drmm, nll_only"), ("c", "drmm, nll_only"), ("d", "drmm, baseline"),
-        ("e", "drmm, nll_only")]
+        ("e", "drmm, nll_only"), ("f", "drmm, baseline")]
     assert format_claims(claims).splitlines()[0] == (
         "(a) HELD: D-RMM AP >= Sparse R-CNN baseline AP. Ours: AP D-RMM 50.0 vs baseline 37.5. "
         "Paper: Table 1: 47.0 vs 45.0 (R50).")
 
 
 def test_claims_not_held_with_their_numbers():
-    rows = {"drmm": _row(AP=0.25, AR100=0.5, ECE=0.125, nms=0.5, mcm=0.5),
-            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None),  # (d) equal ECE is not lower
+    rows = {"drmm": _row(AP=0.25, AR100=0.5, ECE=0.125, nms=0.5, mcm=0.5, half=(0.125, 0.0625)),
+            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None,  # (d) equal ECE is not lower
+                             half=(0.25, 0.0625)),
             "nll_only": _row(AP=0.24, AR100=0.5, ECE=0.25, nms=0.25, mcm=0.75)}
     assert _claims(rows) == {
         "a": ("not held", "AP D-RMM 25.0 vs baseline 37.5"),
@@ -155,6 +167,8 @@ def test_claims_not_held_with_their_numbers():
         "c": ("not held", "NMS 0.7 lifts NLL-only AP 24.0 -> 25.0 (+1.0), D-RMM 25.0 -> 50.0 (+25.0)"),
         "d": ("not held", "ECE D-RMM 12.5 vs baseline 12.5"),
         "e": ("not held", "last-stage exp(-MCM) D-RMM 0.500 vs NLL-only 0.750"),
+        "f": ("not held", "held-out half: D-ECE D-RMM 12.5 (temperature-scaled 6.2) vs temperature-scaled "
+                          "baseline 6.2 (before 25.0)"),
     }
     # (b) with a large AP gap still fails when AR100 differs by more than AR_TOL
     rows["nll_only"] = _row(AP=0.125, AR100=0.375, ECE=0.25, nms=0.25, mcm=0.75)
@@ -163,12 +177,15 @@ def test_claims_not_held_with_their_numbers():
 
 
 def test_claims_at_their_thresholds():
-    drmm = _row(AP=0.40, AR100=0.60, ECE=0.05, nms=0.41, mcm=0.9)
-    rows = {"drmm": drmm, "baseline": _row(AP=0.40, AR100=0.5, ECE=0.10, nms=0.4, mcm=None),  # (a) a tie holds
+    drmm = _row(AP=0.40, AR100=0.60, ECE=0.05, nms=0.41, mcm=0.9, half=(0.05, 0.05))
+    rows = {"drmm": drmm, "baseline": _row(AP=0.40, AR100=0.5, ECE=0.10, nms=0.4, mcm=None,  # (a) a tie holds
+                                           half=(0.1, 0.05 + 1e-9)),
             "nll_only": _row(AP=0.40 - AP_GAP, AR100=0.60 - AR_TOL + 1e-6, ECE=0.2, nms=0.45, mcm=0.6)}
-    assert {k: v for k, (v, _) in _claims(rows).items()} == dict.fromkeys("abcde", "held")
+    assert {k: v for k, (v, _) in _claims(rows).items()} == dict.fromkeys("abcdef", "held")
     rows["nll_only"]["AR100"] = 0.60 - AR_TOL - 1e-6
     assert _claims(rows)["b"][0] == "not held"
+    rows["baseline"]["ECE_half_ts"] = 0.05  # (f) a tie is not lower
+    assert _claims(rows)["f"][0] == "not held"
 
 
 def test_claims_undefined_and_not_run():
@@ -181,11 +198,13 @@ def test_claims_undefined_and_not_run():
         "c": ("not run", "variant(s) not run: nll_only (failed)"),
         "d": ("undefined", "ECE D-RMM nan vs baseline 12.5"),
         "e": ("not run", "variant(s) not run: nll_only (failed)"),
+        "f": ("undefined", "held-out half: D-ECE D-RMM nan (temperature-scaled nan) vs temperature-scaled "
+                           "baseline nan (before nan)"),
     }
     rows["nll_only"] = _row(AP=0.25, AR100=0.625, ECE=0.25, nms=0.375, mcm=0.5)
     claims = _claims(rows)
     assert claims["c"] == ("undefined", "NMS 0.7 lifts NLL-only AP 25.0 -> 37.5 (+12.5), D-RMM 50.0 -> nan (+nan)")
     assert claims["e"] == ("undefined", "last-stage exp(-MCM) D-RMM nan vs NLL-only 0.500")
     assert claims["b"][0] == "held"
-    assert _claims({}) == dict.fromkeys("abcde", ("not run", "variant(s) not run: drmm, baseline")) | {
+    assert _claims({}) == dict.fromkeys("abcdef", ("not run", "variant(s) not run: drmm, baseline")) | {
         k: ("not run", "variant(s) not run: drmm, nll_only") for k in "bce"}

@@ -1,4 +1,5 @@
-"""Every figure drmm draws: reliability diagrams, confidence histograms, loss curves, drawn detections.
+"""Every figure drmm draws: reliability diagrams, detectors' calibration curves, confidence histograms, loss
+curves, drawn detections.
 
 Plots use matplotlib's object API (``Figure`` + Agg on save), so importing this
 module never touches pyplot or the global backend. The statistics come from
@@ -50,12 +51,15 @@ class HistogramBins(Protocol):
 
 
 def reliability_diagram(
-    result: CalibrationBins, path: str | Path, title_extra: str = "", ap: float | None = None
+    result: CalibrationBins, path: str | Path, title_extra: str = "", ap: float | None = None,
+    metric: str = "D-ECE", ylabel: str = "accuracy",
 ) -> None:
     """Write a reliability diagram PNG (paper Figure 8): accuracy per bin vs confidence, with counts.
 
     Top: accuracy bars, the gap to each bin's mean confidence shaded, and the
-    diagonal (perfect calibration). Bottom: number of predictions per bin.
+    diagonal (perfect calibration). Bottom: number of predictions per bin. ``metric``
+    names ``result.ece`` in the title ("LaECE" for the IoU-accuracy bins, with
+    ``ylabel`` "mean IoU-accuracy").
     """
     edges, width = result.bin_edges, np.diff(result.bin_edges)
     centres = edges[:-1] + width / 2
@@ -64,15 +68,15 @@ def reliability_diagram(
     ax, ax_n = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
 
     ax.bar(centres[nz], result.bin_acc[nz], width[nz], color="tab:blue", edgecolor="k",
-           label="accuracy")
+           label=ylabel)
     gap_lo = np.minimum(result.bin_acc, result.bin_conf)[nz]
     gap_hi = np.maximum(result.bin_acc, result.bin_conf)[nz]
     ax.bar(centres[nz], gap_hi - gap_lo, width[nz], bottom=gap_lo, color="tab:red",
            alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to confidence")
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel=ylabel)
     ax.legend(loc="upper left", fontsize=8)
-    title = f"D-ECE = {100 * result.ece:.2f}%"
+    title = f"{metric} = {100 * result.ece:.2f}%"
     if ap is not None:
         title += f"   AP = {100 * ap:.1f}"
     ax.set_title(f"{title}\n{title_extra}" if title_extra else title)
@@ -87,6 +91,28 @@ def reliability_diagram(
             a.axvspan(0, result.min_score, color="0.85", zorder=0)
     ax_n.set(xlim=(0, 1), ylim=(0, max(1, result.bin_count.max()) * 1.25),
              xlabel="confidence", ylabel="# predictions")
+    _save(fig, path)
+
+
+def calibration_curves(panels: dict[str, dict[str, CalibrationBins]], path: str | Path,
+                       metrics: tuple[str, ...] = ("D-ECE", "LaECE")) -> None:
+    """Write several detectors' confidence-vs-accuracy curves in one PNG (paper Figure 2).
+
+    ``panels`` maps a panel's y label (e.g. "precision", "mean IoU-accuracy") to
+    ``{detector name: its bins}``; ``metrics[i]`` names the ``ece`` of panel ``i`` in
+    the legend. Each curve joins the non-empty bins' (mean confidence, accuracy).
+    """
+    fig = Figure(figsize=(5 * len(panels), 4.8), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, metric, (ylabel, curves) in zip(axes, metrics, panels.items()):
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        for name, r in curves.items():
+            nz = r.bin_count > 0
+            ax.plot(r.bin_conf[nz], r.bin_acc[nz], "o-", ms=4,
+                    label=f"{name} ({metric} {100 * r.ece:.1f}%, n={r.n})")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (mean score per bin)", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
     _save(fig, path)
 
 

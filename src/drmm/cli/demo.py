@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> int:
     print("4/4 drawing predictions on 4 validation images")
     images = [data_dir / "val" / val.coco.imgs[i]["file_name"] for i in val.ids[:4]]
     predict(ckpt, images, out / "predictions", threshold=0.3)
-    print_metrics({k: v for k, v in metrics.items() if k != "ECE"})
-    print(f"ECE (D-ECE, IoU 0.5, scores >= 0.05): {metrics.get('ECE', float('nan')):.3f}")
+    print_metrics({k: v for k, v in metrics.items() if k not in ("ECE", "LaECE")})
+    print(f"D-ECE {metrics.get('ECE', float('nan')):.3f}, LaECE {metrics.get('LaECE', float('nan')):.3f} "
+          "(IoU 0.5, scores >= 0.05)")
     print(f"demo finished in {(time.time() - t0) / 60:.1f} min; outputs in {out}/ "
           "(run/loss.png, eval/reliability.png, predictions/*.png)")
     return 0

@@ -1,4 +1,4 @@
-"""``drmm eval``: COCO AP/AR, D-ECE and reliability figures of a checkpoint (+ diagnostics, NMS sweep)."""
+"""``drmm eval``: COCO AP/AR, D-ECE, LaECE and reliability figures of a checkpoint (+ diagnostics, NMS sweep)."""
 from __future__ import annotations
 
 import argparse
@@ -8,14 +8,14 @@ from .common import add_dataset_args, add_set_option, data_options, dataset_path
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("eval", help="COCO AP/AR, D-ECE, reliability figures (+ diagnostics, NMS sweep)")
+    p = subparsers.add_parser("eval", help="COCO AP/AR, D-ECE, LaECE, reliability figures (+ diagnostics, NMS sweep)")
     p.add_argument("--weights", required=True, help="checkpoint (.pt)")
     add_dataset_args(p)
     p.add_argument("--out", help="output folder (default: CKPT_DIR/eval)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in the main process)")
-    p.add_argument("--min-score", type=float, default=0.05, help="ECE leaves out lower scores (default 0.05)")
+    p.add_argument("--min-score", type=float, default=0.05, help="ECE and LaECE leave out lower scores (default 0.05)")
     p.add_argument("--bins", type=int, default=10, help="ECE confidence bins (default 10)")
     p.add_argument("--diagnostics", action="store_true",
                    help="per-stage validation NLL and exp(-MCM) (paper Tables 4, 9)")
@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nms_sweep:
         print("\npost-processing sweep (paper Figure 7, Table 3):")
         print(format_nms_sweep_table(result["nms_sweep"]))
-    print(f"\nwrote {out}/metrics.json, detections.json, reliability.png, confidence_histograms.png"
+    print(f"\nwrote {out}/metrics.json, detections.json, calibration.json, reliability.png, reliability_laece.png, "
+          "confidence_histograms.png"
           + (", diagnostics.json" if args.diagnostics else "") + (", nms_sweep.json" if args.nms_sweep else ""))
     return 0

@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
                                device=args.device, progress=not args.no_progress, command=command_line(args))
     print()
     print(library.format_table(report["variants"], report["failed"]))
-    print("(AP, AR, ECE in percentage points; exp(-MCM) in 0..1)\n")
+    print("(AP, AR, ECE, LaECE in percentage points; exp(-MCM) in 0..1)\n")
+    print("D-ECE and LaECE on the held-out half of val, before and after temperature scaling fitted on the other:")
+    print(library.format_posthoc_table(report["variants"]) + "\n")
     print(library.format_claims(report["claims"]))
     print(f"\nwrote {Path(args.out) / 'results.md'} and results.json")
     return 0

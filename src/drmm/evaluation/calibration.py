@@ -1,119 +1,126 @@
-"""The detection calibration metric (D-ECE) and the per-bin statistics behind it; no figures.
+"""The detection calibration metrics, D-ECE and LaECE, and the per-bin statistics behind them; no figures.
 
-ECE (paper eq. 9) is ``sum_m |B_m| / n * |acc(B_m) - conf(B_m)|`` over equal-width
-confidence bins on [0, 1]. For detection, "accuracy" needs a notion of a correct
-prediction; our convention (D-ECE):
+Both take detections already matched (:mod:`drmm.evaluation.matching`) and leave
+out the ignored ones and those scoring below ``min_score`` (default 0.05: detectors
+emit many near-zero boxes that would otherwise fill the lowest bin).
 
-* a prediction is correct when it is matched to a not-yet-matched ground truth
-  of the same class with IoU >= 0.5, matching greedily in descending score order
-  per image (each ground truth matched at most once);
-* ``acc(B_m)`` is the fraction of correct predictions in bin ``m`` and
-  ``conf(B_m)`` their mean score;
-* predictions scoring below ``min_score`` (default 0.05) are left out, since
-  detectors emit many near-zero boxes that would otherwise dominate the lowest bin.
+* **Bins**: ``B`` equal-width bins on [0, 1]; bin ``m`` holds the scores ``s`` with
+  ``m / B <= s < (m + 1) / B`` (edges computed as ``m / B``), and 1.0 falls in the
+  last bin. A score exactly on an edge belongs to the bin above it.
+* **D-ECE** (Küppers et al. 2020; paper eq. 9): ``sum_m |B_m| / n * |precision(B_m) -
+  mean score(B_m)|`` over ``bins`` bins (default 10), ``n`` the detections counted,
+  precision the fraction of them that are correct; the classes pooled.
+* **LaECE** (Oksuz et al. 2023): per class ``c``, the accuracy of a correct detection
+  is its IoU with its ground truth and of a wrong one 0; ``LaECE_c = sum_m |B_m| / n_c
+  * |mean accuracy(B_m) - mean score(B_m)|`` over ``laece_bins`` bins (default 25);
+  LaECE is the mean of ``LaECE_c`` over the classes that have detections counted.
 
-The figures drawn from these statistics are in :mod:`drmm.plotting`.
+Empty bins contribute nothing; with no detection counted the value is NaN. Bins
+stay on [0, 1] whatever ``min_score`` is, so values compare across thresholds. The
+figures drawn from these statistics are in :mod:`drmm.plotting`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torchvision.ops import box_iou
 
 
-def match_detections(
-    detections: list[dict], targets: list[dict], iou_threshold: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy per-image matching of detections to ground truth.
-
-    ``detections[i]``: ``boxes [N, 4]`` xyxy, ``scores [N]``, ``labels [N]``;
-    ``targets[i]``: ``boxes [G, 4]``, ``labels [G]``. Detections are visited in
-    descending score order; each takes the unmatched same-class ground truth of
-    highest IoU if that IoU is >= ``iou_threshold``. Returns ``(scores, correct)``
-    concatenated over images, each image's entries in the detections' original
-    order (so they stay aligned with any other per-detection array, e.g. class
-    probability and objectness).
-    """
-    all_scores, all_correct = [], []
-    for det, tgt in zip(detections, targets, strict=True):
-        scores = det["scores"].detach().float().cpu()
-        correct = np.zeros(len(scores), dtype=bool)
-        gt_boxes = tgt["boxes"].detach().float().cpu()
-        if len(scores) and len(gt_boxes):
-            iou = box_iou(det["boxes"].detach().float().cpu(), gt_boxes)
-            same = det["labels"].cpu()[:, None] == tgt["labels"].cpu()[None, :]
-            # Candidate pairs: same class and enough overlap; -1 marks "never".
-            iou = torch.where(same & (iou >= iou_threshold), iou, -1.0).numpy()
-            taken = np.zeros(len(gt_boxes), dtype=bool)
-            for i in torch.sort(scores, descending=True, stable=True).indices.tolist():
-                cand = np.where(taken, -1.0, iou[i])
-                j = int(cand.argmax())
-                if cand[j] >= 0:
-                    taken[j] = correct[i] = True
-        all_scores.append(scores.numpy())
-        all_correct.append(correct)
-    if not all_scores:
-        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool)
-    return np.concatenate(all_scores), np.concatenate(all_correct)
+def bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """The bin of each value in [0, 1] (see the module doc): ``m`` with ``m / n_bins <= v < (m + 1) / n_bins``."""
+    if n_bins < 1:
+        raise ValueError(f"the number of bins must be >= 1, got {n_bins}")
+    edges = np.arange(n_bins + 1) / n_bins
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, n_bins - 1)
 
 
 @dataclass
 class BinStatistics:
-    """Values binned on [0, 1]: bin ``m`` is ``[edges[m], edges[m+1])``, 1.0 in the last; NaN where empty."""
+    """Values binned on [0, 1]: bin ``m`` is ``[m / B, (m + 1) / B)``, 1.0 in the last; NaN where empty."""
 
     edges: np.ndarray  # (n_bins + 1,)
     conf: np.ndarray  # (n_bins,) mean value per bin
-    acc: np.ndarray  # (n_bins,) fraction correct per bin
+    acc: np.ndarray  # (n_bins,) mean accuracy (fraction correct, or mean IoU-accuracy) per bin
     count: np.ndarray  # (n_bins,) int
 
 
-def bin_statistics(values: np.ndarray, correct: np.ndarray, n_bins: int) -> BinStatistics:
-    """Per-bin mean value, accuracy and count of ``values [N]`` with ``correct [N]`` over equal-width bins."""
+def bin_statistics(values: np.ndarray, accuracy: np.ndarray, n_bins: int) -> BinStatistics:
+    """Per-bin mean value, mean accuracy and count of ``values [N]`` with ``accuracy [N]`` (bool or in [0, 1])."""
     values = np.asarray(values, dtype=np.float64).ravel()
-    correct = np.asarray(correct, dtype=np.float64).ravel()
-    if values.shape != correct.shape:
-        raise ValueError(f"values {values.shape} and correct {correct.shape} differ in length")
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    idx = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, n_bins - 1)
+    accuracy = np.asarray(accuracy, dtype=np.float64).ravel()
+    if values.shape != accuracy.shape:
+        raise ValueError(f"values {values.shape} and correct {accuracy.shape} differ in length")
+    idx = bin_index(values, n_bins)
     count = np.bincount(idx, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         conf = np.bincount(idx, weights=values, minlength=n_bins) / count
-        acc = np.bincount(idx, weights=correct, minlength=n_bins) / count
-    return BinStatistics(edges, conf, acc, count)
+        acc = np.bincount(idx, weights=accuracy, minlength=n_bins) / count
+    return BinStatistics(np.arange(n_bins + 1) / n_bins, conf, acc, count)
 
 
 @dataclass
 class CalibrationResult:
-    """Per-bin statistics behind an ECE value.
+    """One calibration error and the per-bin statistics behind it.
 
-    ``bin_conf``/``bin_acc`` are NaN for empty bins. ``n`` counts the predictions
-    kept (score >= ``min_score``); ``ece`` is NaN when ``n == 0``.
+    ``bin_conf``/``bin_acc`` are NaN for empty bins. ``n`` counts the detections
+    counted (score >= ``min_score``); ``ece`` is NaN when ``n == 0``.
     """
 
     ece: float
     bin_edges: np.ndarray  # (n_bins + 1,)
     bin_conf: np.ndarray  # (n_bins,) mean score per bin
-    bin_acc: np.ndarray  # (n_bins,) fraction correct per bin
+    bin_acc: np.ndarray  # (n_bins,) mean accuracy per bin
     bin_count: np.ndarray  # (n_bins,) int
     n: int
     min_score: float
 
+    def bins_json(self) -> list[dict]:
+        """The bin table as JSON rows: ``lo``, ``hi``, ``count``, ``mean_score``, ``accuracy`` (null where empty)."""
+        return [{"lo": float(lo), "hi": float(hi), "count": int(c),
+                 "mean_score": float(s) if c else None, "accuracy": float(a) if c else None}
+                for lo, hi, c, s, a in zip(self.bin_edges[:-1], self.bin_edges[1:], self.bin_count, self.bin_conf,
+                                           self.bin_acc)]
 
-def expected_calibration_error(
-    scores: np.ndarray, correct: np.ndarray, n_bins: int = 10, min_score: float = 0.05
-) -> CalibrationResult:
-    """ECE of ``scores [N]`` with ``correct [N]`` over ``n_bins`` equal-width bins on [0, 1].
 
-    Scores < ``min_score`` are ignored. Bins stay on [0, 1] whatever ``min_score``
-    is, so values are comparable across thresholds; empty bins contribute nothing.
+def expected_calibration_error(scores: np.ndarray, accuracy: np.ndarray, n_bins: int = 10,
+                               min_score: float = 0.05) -> CalibrationResult:
+    """ECE of ``scores [N]`` with ``accuracy [N]`` (correct: bool; or IoU-accuracy) over ``n_bins`` bins on [0, 1].
+
+    Scores < ``min_score`` are left out. With boolean ``accuracy`` this is D-ECE.
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    correct = np.asarray(correct, dtype=bool).ravel()
+    accuracy = np.asarray(accuracy, dtype=np.float64).ravel()
     keep = scores >= min_score
-    bins = bin_statistics(scores[keep], correct[keep], n_bins)
+    bins = bin_statistics(scores[keep], accuracy[keep], n_bins)
     n = int(bins.count.sum())
     nz = bins.count > 0
     ece = float(np.sum(bins.count[nz] / n * np.abs(bins.acc[nz] - bins.conf[nz]))) if n else float("nan")
     return CalibrationResult(ece, bins.edges, bins.conf, bins.acc, bins.count, n, float(min_score))
+
+
+@dataclass
+class LaECEResult:
+    """LaECE: the class mean, each class's error and bins, and all classes' detections binned together (figures)."""
+
+    laece: float
+    per_class: dict[int, CalibrationResult]  # classes with at least one detection counted
+    pooled: CalibrationResult  # every class's detections in one set of bins; its ``ece`` is ``laece``
+
+
+def localisation_aware_ece(scores: np.ndarray, iou: np.ndarray, labels: np.ndarray, n_bins: int = 25,
+                           min_score: float = 0.05) -> LaECEResult:
+    """LaECE of ``scores [N]`` with ``iou [N]`` (IoU with the matched ground truth, 0 when wrong) and ``labels [N]``.
+
+    See the module doc: per class over ``n_bins`` bins, then the mean over the
+    classes with a detection scoring >= ``min_score``.
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    iou = np.asarray(iou, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    keep = scores >= min_score
+    per_class = {int(c): expected_calibration_error(scores[labels == c], iou[labels == c], n_bins, min_score)
+                 for c in np.unique(labels[keep])}
+    laece = float(np.mean([r.ece for r in per_class.values()])) if per_class else float("nan")
+    pooled = expected_calibration_error(scores, iou, n_bins, min_score)
+    pooled.ece = laece
+    return LaECEResult(laece, per_class, pooled)

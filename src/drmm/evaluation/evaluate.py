@@ -1,26 +1,31 @@
-"""Evaluation on a COCO-format dataset: COCO AP/AR, D-ECE, figures and the paper's analyses.
+"""Evaluation on a COCO-format dataset: COCO AP/AR, D-ECE, LaECE, figures and the paper's analyses.
 
 ``evaluate`` runs the model once over the dataset and writes, under ``out_dir``:
 
-* ``metrics.json``   flat ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ECE`` in
+* ``metrics.json``   flat ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ECE, LaECE`` in
   [0, 1] (``null`` where undefined, e.g. APl without large objects);
 * ``detections.json`` COCO results (top-100 per image, the dataset's category ids);
-* ``reliability.png`` reliability diagram (D-ECE and AP in the title; paper Figure 8);
+* ``calibration.json`` what ``drmm calibration`` writes for ``detections.json``
+  (D-ECE, LaECE, per class, the bin tables, the options);
+* ``reliability.png`` reliability diagram (D-ECE and AP in the title; paper Figure 8)
+  and ``reliability_laece.png`` (mean IoU-accuracy per bin, LaECE in the title);
 * ``confidence_histograms.png`` class probability p, objectness o and p*o (Figure 9)
-  of the same predictions (those with p*o >= ``min_score``, correctness as for ECE);
-  only the score for heads without a mixture;
+  of the detections ECE counts (correctness as for ECE); only the score for heads
+  without a mixture;
 * optionally ``diagnostics.json`` (Tables 4, 9): per stage, the mean validation NLL
   and exp(-MCM) over ground truths, on the model-input coordinates used in training;
 * optionally ``nms_sweep.json`` (Figure 7, Table 3): AP/AP50/AR100/ECE without NMS,
   with class-wise NMS at IoU 0.5..0.9 and with winner-take-all at IoU ``WTA_IOU``.
 
 COCO metrics use the dataset's annotation file (crowd regions as COCOeval handles
-them). ECE matches detections (same class, IoU >= 0.5, greedy; see
-:mod:`drmm.evaluation.calibration`) to the dataset's cleaned ground truth in original
-image coordinates: crowd regions dropped, boxes clipped to the image.
+them). ECE (D-ECE) and LaECE are computed by the code of ``drmm calibration``
+(:mod:`drmm.evaluation.calibration_summary`) on the COCO results that become
+``detections.json`` and the annotation file as it is: ``coco`` matching at IoU 0.5,
+so a detection on a crowd region alone is ignored, as COCOeval ignores it.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,35 +35,44 @@ from torch import Tensor, nn
 
 from ..plotting import confidence_histograms, reliability_diagram
 from .ablations import ablation_variants
-from .calibration import CalibrationResult, bin_statistics, expected_calibration_error, match_detections
+from .calibration import bin_statistics
+from .calibration_summary import CalibrationOptions, CalibrationSummary, calibration_summary
+from .cocofiles import GroundTruth, detections_from_results, ground_truth_from_coco
 from .coco import coco_evaluate, to_coco_results
 from .inference import run_inference, unwrap
 from .jsonio import write_json
+
+logger = logging.getLogger("drmm.evaluate")
 
 
 def score_detections(
     coco_gt,
     detections: list[dict[str, Tensor]],
-    targets: list[dict[str, Tensor]],
     image_ids: list[int],
     cat_ids: list[int],
-    min_score: float = 0.05,
-    n_bins: int = 10,
-) -> tuple[dict[str, float], CalibrationResult, np.ndarray, np.ndarray]:
-    """COCO metrics (top-100) + ``ECE`` of one set of detections.
+    options: CalibrationOptions = CalibrationOptions(),
+    gt: GroundTruth | None = None,
+) -> tuple[dict[str, float], CalibrationSummary, list[dict], np.ndarray]:
+    """COCO metrics (top-100), ``ECE`` (D-ECE) and ``LaECE`` of one set of detections.
 
-    Returns ``(metrics, calibration, scores, correct)``; ``scores``/``correct`` are
-    per detection, concatenated over images in the detections' order.
+    ``gt``: ``coco_gt``'s annotations as :class:`GroundTruth` (built when not given).
+    Returns ``(metrics, calibration, results, counted)``: ``results`` are the COCO
+    results the metrics were computed on (what ``detections.json`` holds), ``counted``
+    the positions in ``results`` of the detections ECE counts (aligned with
+    ``calibration.counted``).
     """
     for det in detections:
         if len(det["labels"]) and int(det["labels"].max()) >= len(cat_ids):
             raise ValueError(f"the model predicts label {int(det['labels'].max())} but the dataset has only "
                              f"{len(cat_ids)} categories: the model was trained for other classes")
     results = to_coco_results(detections, image_ids, cat_ids)
-    metrics = coco_evaluate(coco_gt, results, image_ids=image_ids)  # loadRes edits dicts: fresh ones
-    scores, correct = match_detections(detections, targets)
-    cal = expected_calibration_error(scores, correct, n_bins=n_bins, min_score=min_score)
-    return {**metrics, "ECE": cal.ece}, cal, scores, correct
+    gt = ground_truth_from_coco(coco_gt.dataset) if gt is None else gt
+    dets = detections_from_results(results, gt, source="detections", skip_invalid=True)
+    if any(dets.skipped.values()):
+        logger.warning("left out of ECE / LaECE: %s", dets.skipped)
+    cal = calibration_summary(gt, dets, options)
+    metrics = coco_evaluate(coco_gt, to_coco_results(detections, image_ids, cat_ids), image_ids=image_ids)
+    return {**metrics, "ECE": cal.d_ece.ece, "LaECE": cal.laece.laece}, cal, results, dets.index[cal.counted.keep]
 
 
 def evaluate(
@@ -78,10 +92,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on a :class:`~drmm.data.CocoDetection` (``train=False``); see the module doc.
 
-    Returns the flat metrics (``METRIC_NAMES`` + ``ECE``, NaN where undefined), plus
-    ``"diagnostics"`` and ``"nms_sweep"`` row lists when requested. The model's
-    contiguous labels are mapped to ``dataset.cat_ids``. ``min_score`` and ``n_bins``
-    only affect ECE and the figures; COCO metrics use every detection.
+    Returns the flat metrics (``METRIC_NAMES`` + ``ECE`` + ``LaECE``, NaN where
+    undefined), plus ``"diagnostics"`` and ``"nms_sweep"`` row lists when requested.
+    The model's contiguous labels are mapped to ``dataset.cat_ids``. ``min_score`` and
+    ``n_bins`` only affect ECE, LaECE and the figures; COCO metrics use every detection.
     """
     mixture = getattr(unwrap(model), "is_mixture", False)
     if diagnostics and not mixture:
@@ -89,24 +103,27 @@ def evaluate(
     dets, ids, extras = run_inference(model, dataset, batch_size, device, num_workers, progress,
                                       keep_mixture=mixture, diagnostics=diagnostics)
     cat_ids = [int(c) for c in dataset.cat_ids]
-    targets = extras["targets"]
-    metrics, cal, scores, correct = score_detections(dataset.coco, dets, targets, ids, cat_ids, min_score, n_bins)
+    options = CalibrationOptions(min_score=min_score, bins=n_bins)
+    gt = ground_truth_from_coco(dataset.coco.dataset, source=str(getattr(dataset, "ann_file", "annotations")))
+    metrics, cal, results, counted = score_detections(dataset.coco, dets, ids, cat_ids, options, gt)
     out: dict[str, Any] = dict(metrics)
 
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "metrics.json", metrics)
-        write_json(out_dir / "detections.json", to_coco_results(dets, ids, cat_ids), indent=None)
-        reliability_diagram(cal, out_dir / "reliability.png", title_extra=title, ap=metrics["AP"])
-        keep = scores >= min_score
+        write_json(out_dir / "detections.json", results, indent=None)
+        write_json(out_dir / "calibration.json", {**cal.to_json(gt), "detections": str(out_dir / "detections.json")})
+        reliability_diagram(cal.d_ece, out_dir / "reliability.png", title_extra=title, ap=metrics["AP"])
+        reliability_diagram(cal.laece.pooled, out_dir / "reliability_laece.png", title_extra=title,
+                            ap=metrics["AP"], metric="LaECE", ylabel="mean IoU-accuracy")
         if mixture:
-            values = {"class probability p": _cat(extras["class_prob"])[keep],
-                      "objectness o": _cat(extras["objectness"])[keep],
-                      "confidence p*o": scores[keep]}
+            values = {"class probability p": _cat(extras["class_prob"])[counted],
+                      "objectness o": _cat(extras["objectness"])[counted],
+                      "confidence p*o": cal.counted.scores}
         else:
-            values = {"confidence score": scores[keep]}
-        columns = {name: bin_statistics(v, correct[keep], n_bins) for name, v in values.items()}
+            values = {"confidence score": cal.counted.scores}
+        columns = {name: bin_statistics(v, cal.counted.correct, n_bins) for name, v in values.items()}
         confidence_histograms(columns, out_dir / "confidence_histograms.png")
 
     if diagnostics:
@@ -115,19 +132,19 @@ def evaluate(
             write_json(out_dir / "diagnostics.json", extras["diagnostics"])
 
     if nms_sweep:
-        def score(kept: list[dict[str, Tensor]]) -> tuple[dict[str, float], CalibrationResult]:
-            return score_detections(dataset.coco, kept, targets, ids, cat_ids, min_score, n_bins)[:2]
+        def score(kept: list[dict[str, Tensor]]) -> tuple[dict[str, float], CalibrationSummary]:
+            return score_detections(dataset.coco, kept, ids, cat_ids, options, gt)[:2]
 
         out["nms_sweep"] = _nms_sweep(dets, (metrics, cal), score, out_dir, title)
     return out
 
 
-def _nms_sweep(dets: list[dict[str, Tensor]], unchanged: tuple[dict[str, float], CalibrationResult],
-               score: Callable[[list[dict[str, Tensor]]], tuple[dict[str, float], CalibrationResult]],
+def _nms_sweep(dets: list[dict[str, Tensor]], unchanged: tuple[dict[str, float], CalibrationSummary],
+               score: Callable[[list[dict[str, Tensor]]], tuple[dict[str, float], CalibrationSummary]],
                out_dir: Path | None, title: str) -> list[dict[str, Any]]:
     """One row per :func:`~drmm.evaluation.ablations.ablation_variants` entry; figures and JSON when ``out_dir``.
 
-    ``unchanged`` is the (metrics, calibration) of ``dets`` as they are; ``score(kept)``
+    ``unchanged`` is the (metrics, calibration summary) of ``dets`` as they are; ``score(kept)``
     gives the same for post-processed detections.
     """
     rows = []
@@ -135,11 +152,11 @@ def _nms_sweep(dets: list[dict[str, Tensor]], unchanged: tuple[dict[str, float],
         kept = [fn(d) for d in dets]
         m, c = unchanged if name == "none" else score(kept)
         rows.append({"method": name, "iou": iou, "AP": m["AP"], "AP50": m["AP50"], "AR100": m["AR100"],
-                     "ECE": m["ECE"],
+                     "ECE": m["ECE"], "LaECE": m["LaECE"],
                      "detections_per_image": sum(len(d["scores"]) for d in kept) / max(1, len(kept))})
         if out_dir is not None:
             label = "no NMS" if iou is None else f"{name.upper()} IoU {iou:g}"
-            reliability_diagram(c, out_dir / "nms_sweep" / f"reliability_{name}{'' if iou is None else iou}.png",
+            reliability_diagram(c.d_ece, out_dir / "nms_sweep" / f"reliability_{name}{'' if iou is None else iou}.png",
                                 title_extra=f"{title} {label}".strip(), ap=m["AP"])
     if out_dir is not None:
         write_json(out_dir / "nms_sweep.json", rows)

@@ -39,3 +39,16 @@ def format_nms_sweep_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{name:<16}  {_fmt(r['AP'], 100):>5}  {_fmt(r['AP50'], 100):>5}  "
                      f"{_fmt(r['AR100'], 100):>5}  {_fmt(r['ECE'], 100):>5}")
     return "\n".join(lines)
+
+
+def format_calibration_table(rows: list[dict[str, Any]], first: str = "class") -> str:
+    """``first`` | n | correct | D-ECE | LaECE, one line per row (``name``, ``n``, ``n_correct``, ``d_ece``, ``laece``).
+
+    D-ECE and LaECE x100 with two decimals.
+    """
+    width = max([len(first)] + [len(str(r["name"])) for r in rows])
+    lines = [f"{first:<{width}}  {'n':>7}  {'correct':>7}  {'D-ECE':>6}  {'LaECE':>6}", "-" * (width + 38)]
+    for r in rows:
+        lines.append(f"{str(r['name']):<{width}}  {r['n']:>7}  {r['n_correct']:>7}  "
+                     f"{_fmt(r['d_ece'], 100, 2):>6}  {_fmt(r['laece'], 100, 2):>6}")
+    return "\n".join(lines)

@@ -102,14 +102,44 @@ def _seconds_per_iter(run_dir: Path, train_info: dict | None) -> float:
     return float("nan")
 
 
-def collect_variant(vdir: Path) -> dict[str, Any]:
-    """One results row from a variant folder's files (see the :mod:`drmm.reproduce` doc)."""
+HALF_KEYS = {"ECE_half": "d_ece_before", "ECE_half_ts": "d_ece_after", "LaECE_half": "laece_before",
+             "LaECE_half_ts": "laece_after"}
+"""Row key -> key of ``eval/temperature_scaling.json`` (:func:`drmm.evaluation.split_half_posthoc`)."""
+
+
+def temperature_scaling(vdir: Path, val_ann: Path) -> dict[str, Any]:
+    """Temperature scaling of ``vdir/eval/detections.json``: fitted on half of the val images, measured on the other.
+
+    Writes ``vdir/eval/temperature_scaling.json`` and returns it (``error`` instead
+    when the detections or the annotation file are missing, or there is nothing to fit).
+    """
+    from ..evaluation import load_detections, load_ground_truth, split_half_posthoc, write_json
+
+    try:
+        gt = load_ground_truth(val_ann)
+        result = split_half_posthoc(gt, load_detections(vdir / "eval" / "detections.json", gt), "temperature")
+    except (FileNotFoundError, ValueError) as e:
+        return {"error": str(e)}
+    write_json(vdir / "eval" / "temperature_scaling.json", result)
+    return result
+
+
+def collect_variant(vdir: Path, val_ann: Path | None = None) -> dict[str, Any]:
+    """One results row from a variant folder's files (see the :mod:`drmm.reproduce` doc).
+
+    With ``val_ann`` (the val annotation file) the row also holds the split-half
+    temperature scaling of the variant's detections (:func:`temperature_scaling`).
+    """
     ev, run_dir = vdir / "eval", vdir / "run"
     metrics = _read_json(ev / "metrics.json") or {}
     sweep = _read_json(ev / "nms_sweep.json") or []
     diag = _read_json(ev / "diagnostics.json") or []
     train_info = _read_json(run_dir / "train.json")
-    row: dict[str, Any] = {k: to_float(metrics.get(k)) for k in ("AP", "AP50", "AR100", "ECE")}
+    row: dict[str, Any] = {k: to_float(metrics.get(k)) for k in ("AP", "AP50", "AR100", "ECE", "LaECE")}
+    if val_ann is not None:
+        ts = temperature_scaling(vdir, val_ann)
+        row.update({k: to_float(ts.get(v)) for k, v in HALF_KEYS.items()})
+        row["temperature"] = to_float(ts.get("params", {}).get("temperature"))
     for r in sweep:
         if r["method"] == "nms" and abs(r["iou"] - 0.7) < 1e-9:
             suffix = "nms0.7"
@@ -193,7 +223,7 @@ def reproduce(
                 print(f"  {name} failed: {e}", file=sys.stderr)
                 continue
             print(f"  {name} done in {(time.time() - t0) / 60:.1f} min")
-        rows[name] = collect_variant(vdir)
+        rows[name] = collect_variant(vdir, Path(data) / "annotations" / "val.json")
     report = {
         "command": command or f"reproduce(data={str(data)!r}, out={str(out)!r}, ...)",
         "machine": machine_info(device),
