@@ -168,17 +168,28 @@ def test_parameter_count_matches_paper(backbone, expected):
     assert 0 < frozen < 1e6
 
 
-def test_frozen_backbone_parts(tiny_cfg):
+@pytest.mark.parametrize("norm", ["bn", "bn_eval", "frozen"])
+def test_frozen_backbone_parts(norm):
     cfg = Config()
-    cfg.model.backbone = "resnet18"
+    cfg.model.backbone, cfg.model.backbone_norm = "resnet18", norm
     cfg.model.neck_channels = cfg.model.hidden_dim = 64
     cfg.model.num_stages, cfg.model.num_proposals = 1, 4
-    model = build_detector(cfg)
+    model = build_detector(cfg).train()
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.bn1.parameters())
     assert not any(p.requires_grad for p in body.layer1.parameters())
     assert all(p.requires_grad for p in body.layer2.parameters())
-    assert isinstance(body.bn1, torchvision.ops.misc.FrozenBatchNorm2d)
+    if norm == "frozen":
+        assert isinstance(body.bn1, torchvision.ops.misc.FrozenBatchNorm2d)
+        return
+    norms = {n: m for n, m in body.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert len(norms) == 20  # every BatchNorm of a ResNet-18 is a real one (affine parameters)
+    # stem and layer1 stay in eval mode when the model trains; with bn, layers 2-4 use batch statistics
+    for name, bn in norms.items():
+        assert bn.training == (norm == "bn" and not name.startswith(("bn1", "layer1."))), name
+    model.eval()
+    assert not any(m.training for m in norms.values())
 
 
 def test_pretrained_weights_from_local_file(tmp_path):
