@@ -21,8 +21,7 @@ import time
 import torch
 import torchvision
 
-from drmm.cli import packaged_config
-from drmm.config import apply_overrides, load_config
+from drmm.config import apply_overrides, load_config, packaged_config
 from drmm.models import build_detector
 
 

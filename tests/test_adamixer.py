@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import tiny_batch as batch
-from conftest import tiny_config
+from helpers import tiny_batch as batch
+from helpers import tiny_config
 
 from drmm import build_detector
 from drmm.config import Config, load_config

@@ -6,12 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from drmm.calibration import (
-    confidence_histograms,
-    expected_calibration_error,
-    match_detections,
-    reliability_diagram,
-)
+from drmm.evaluation import bin_statistics, expected_calibration_error, match_detections
+from drmm.plotting import confidence_histograms, reliability_diagram
 
 
 def _det(boxes, scores, labels):
@@ -103,12 +99,23 @@ def test_min_score_filtering_and_edge_cases():
     scores = np.array([0.01, 0.04, 0.5, 0.5, 1.0])
     correct = np.array([True, True, True, False, True])
     res = expected_calibration_error(scores, correct, min_score=0.05)
-    ref = expected_calibration_error(scores[2:], correct[2:], min_score=0.0)
-    assert res.n == 3 and res.ece == pytest.approx(ref.ece) and res.min_score == 0.05
-    assert res.bin_count[-1] == 1  # score exactly 1.0 lands in the last bin
-    # 0.5: conf 0.5 acc 0.5 -> 0; 1.0 correct -> 0.
+    assert res.n == 3 and res.min_score == 0.05
+    assert res.bin_count.tolist() == [0, 0, 0, 0, 0, 2, 0, 0, 0, 1]  # 1.0 lands in the last bin
+    # 0.5: conf 0.5 acc 0.5 -> 0; 1.0 correct -> 0. Unfiltered, 0.01 and 0.04 would add 2/5 * 0.975.
     assert res.ece == pytest.approx(0.0)
+    assert expected_calibration_error(scores, correct, min_score=0.0).ece == pytest.approx(0.39)
     assert math.isnan(expected_calibration_error(scores, correct, min_score=2.0).ece)
+
+
+def test_bin_statistics_by_hand():
+    bins = bin_statistics(np.array([0.05, 0.15, 0.12, 1.0, 0.999]), np.array([1, 0, 1, 1, 0]), n_bins=10)
+    np.testing.assert_allclose(bins.edges, np.arange(11) / 10)
+    assert bins.count.tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+    np.testing.assert_allclose(bins.acc[[0, 1, 9]], [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(bins.conf[[0, 1, 9]], [0.05, 0.135, 0.9995])
+    assert np.isnan(bins.acc[2:9]).all() and np.isnan(bins.conf[2:9]).all()
+    with pytest.raises(ValueError, match="differ in length"):
+        bin_statistics(np.zeros(3), np.zeros(2), 10)
 
 
 def _assert_png(path, min_side=200):
@@ -126,7 +133,8 @@ def test_figures_are_written(tmp_path):
     res = expected_calibration_error(p * o, correct)
     reliability_diagram(res, tmp_path / "sub" / "rel.png", title_extra="test model", ap=0.423)
     reliability_diagram(expected_calibration_error([], []), tmp_path / "empty.png")
-    confidence_histograms({"class probability p": p, "objectness o": o, "confidence p*o": p * o},
-                          correct, tmp_path / "hist.png", n_bins=10)
+    columns = {"class probability p": p, "objectness o": o, "confidence p*o": p * o}
+    confidence_histograms({name: bin_statistics(v, correct, 10) for name, v in columns.items()},
+                          tmp_path / "hist.png")
     for name in ("sub/rel.png", "empty.png", "hist.png"):
         _assert_png(tmp_path / name)

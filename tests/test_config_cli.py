@@ -1,14 +1,33 @@
-"""Configs (YAML, overrides, strictness) and the `drmm info` command."""
+"""Configs (YAML, overrides, strictness), the `drmm` parser (commands, flags, README) and `drmm info`."""
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_cli
 
-from drmm.cli import main
-from drmm.config import Config, apply_overrides, load_config, save_config
+from drmm.cli import build_parser
+from drmm.config import Config, apply_overrides, load_config, packaged_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
+FLAG = r"(?<![\w-])--[a-z][a-z-]*(?!\w)"  # a long option (not torchrun's --nproc_per_node)
+
+# Every command and its options, written out by hand from `drmm COMMAND --help` (the CLI is public API).
+COMMAND_FLAGS = {
+    "info": {"--set"},
+    "synth": {"--train", "--val", "--seed", "--size"},
+    "train": {"--config", "--data", "--train-ann", "--train-images", "--val-ann", "--val-images", "--out", "--set",
+              "--resume", "--device", "--no-progress"},
+    "demo": {"--out", "--set"},
+    "eval": {"--weights", "--data", "--split", "--ann", "--images", "--out", "--batch-size", "--device", "--workers",
+             "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile"},
+    "predict": {"--weights", "--out", "--threshold", "--device", "--recursive"},
+    "bench": {"--weights", "--config", "--set", "--size", "--device", "--batch", "--runs", "--warmup", "--dtypes",
+              "--threads", "--compile", "--no-optimize"},
+    "reproduce": {"--data", "--out", "--budget-minutes", "--iters", "--config", "--set", "--variants", "--seed",
+                  "--device", "--no-progress"},
+}
 
 
 def test_yaml_roundtrip_and_overrides(tmp_path):
@@ -44,9 +63,15 @@ def test_paper_configs_match_the_recipe():
     assert load_config(ROOT / "configs/drmm_r101.yaml").model.backbone == "resnet101"
 
 
-def test_info_prints_parameter_count(capsys):
-    assert main(["info", str(ROOT / "configs/drmm_r50.yaml")]) == 0
-    out = capsys.readouterr().out
+def test_packaged_config_is_a_shipped_file():
+    path = Path(packaged_config("demo_cpu.yaml"))
+    assert path.is_file() and path.parent.name == "configs" and path.parent.parent.name == "drmm"
+    assert load_config(path).model.backbone == "tiny"
+
+
+def test_info_prints_parameter_count():
+    code, out, _ = run_cli("info", ROOT / "configs/drmm_r50.yaml")
+    assert code == 0
     line = next(l for l in out.splitlines() if l.startswith("parameters:"))
     total = int(line.split()[1])
     assert abs(total - 106.1e6) / 106.1e6 < 0.01
@@ -58,6 +83,11 @@ def test_cli_reports_errors_without_traceback(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert "none.yaml" in r.stderr and "Traceback" not in r.stderr
+    code, out, err = run_cli("info", tmp_path / "none.yaml")  # in-process: one line on stderr
+    assert code == 2 and out == ""
+    assert err == f"drmm info: error: config file not found: {tmp_path / 'none.yaml'}\n"
+    code, _, err = run_cli("info", ROOT / "configs/drmm_r50.yaml", "--set", "model.nope=1")
+    assert code == 2 and err.startswith("drmm info: error: override 'model.nope=1'") and err.count("\n") == 1
 
 
 def test_type_checks():
@@ -67,3 +97,46 @@ def test_type_checks():
         apply_overrides(Config(), ["train.lr=fast"])
     assert apply_overrides(Config(), ["train.lr=3"]).train.lr == 3.0
     assert apply_overrides(Config(), ["model.pretrained=null"]).model.pretrained is None
+
+
+def _usage_flags(help_text: str) -> set[str]:
+    """The long options of a help text's usage block (up to the first blank line)."""
+    usage = help_text.split("\n\n", 1)[0]
+    return set(re.findall(FLAG, usage)) - {"--help"}
+
+
+def test_parser_knows_every_command():
+    assert "{info,synth,train,demo,eval,predict,bench,reproduce}" in build_parser().format_help()
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "{info,synth,train,demo,eval,predict,bench,reproduce}" in out
+    code, _, err = run_cli()  # a command is required
+    assert code == 2 and "required" in err
+    code, _, err = run_cli("nope")
+    assert code == 2 and "invalid choice" in err
+
+
+@pytest.mark.parametrize("command", list(COMMAND_FLAGS))
+def test_each_command_help_lists_its_flags(command):
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0 and out.startswith(f"usage: drmm {command} ")
+    assert _usage_flags(out) == COMMAND_FLAGS[command]
+
+
+def test_flags_documented_in_readme_exist():
+    """`drmm CMD ... --flag` in README code (blocks and inline) names a flag CMD knows; any --flag is known."""
+    readme = (ROOT / "README.md").read_text()
+    helps = {c: _usage_flags(run_cli(c, "--help")[1]) for c in COMMAND_FLAGS}
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", readme, flags=re.S)
+    lines = [l for b in blocks for l in b.replace("\\\n", " ").splitlines()]
+    lines += re.findall(r"`(drmm [^`]+)`", readme)
+    documented = {}
+    for line in lines:
+        m = re.match(r"(?:torchrun\b.*?-m |python3? -m )?drmm ([a-z]+)\b(.*)", line.strip())
+        if m:
+            documented.setdefault(m.group(1), set()).update(re.findall(FLAG, m.group(2)))
+    assert {"synth", "train", "eval", "predict", "bench", "reproduce", "info", "demo"} <= set(documented)
+    for command, flags in documented.items():
+        assert flags <= helps[command], (command, flags - helps[command])
+    assert documented["eval"] >= {"--weights", "--data", "--out", "--diagnostics", "--nms-sweep"}
+    every = set().union(*helps.values())
+    assert set(re.findall(FLAG, readme)) - {"--help"} <= every

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 import torchvision
-from conftest import tiny_batch as batch
-from conftest import tiny_config
+from helpers import tiny_batch as batch
+from helpers import tiny_config
 
 from drmm import build_detector, detector_from_checkpoint
 from drmm.config import Config

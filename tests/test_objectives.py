@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_batch as batch
-from conftest import tiny_config
+from helpers import tiny_batch as batch
+from helpers import tiny_config
 from scipy import special, stats
 from torchvision.ops import generalized_box_iou
 

@@ -8,14 +8,15 @@ import torch
 from pycocotools.coco import COCO
 from torchvision.ops import nms
 
-from drmm.engine.coco_eval import (
+from drmm.evaluation import (
     METRIC_NAMES,
     coco_evaluate,
     format_metrics_table,
+    nms_per_class,
     to_coco_results,
+    winner_take_all,
 )
-from drmm.engine.postprocess import nms_per_class, winner_take_all
-from drmm.visualize import HIGH_COLOR, LOW_COLOR, draw_detections, save_image_png
+from drmm.plotting import HIGH_COLOR, LOW_COLOR, draw_detections, save_image_png
 
 
 def _random_det(n=60, n_classes=3, seed=0, dtype=torch.float32):
@@ -66,18 +67,50 @@ def test_wta_exact_sum_below_cap_and_other_boxes_untouched():
     assert torch.equal(out["boxes"], det["boxes"][[0, 3, 4]])
 
 
-def test_wta_keeps_the_nms_boxes_and_handles_empty():
-    det = _random_det(seed=3)
-    wta, ref = winner_take_all(det, 0.5), nms_per_class(det, 0.5)
-    key = lambda d: sorted(map(tuple, d["boxes"].tolist()))  # noqa: E731
-    assert key(wta) == key(ref)
-    assert (wta["scores"][:-1] >= wta["scores"][1:]).all() and (wta["scores"] <= 1).all()
-    assert wta["scores"].sum() > ref["scores"].sum()
-    assert wta["meta"] == "passed through"
+def _iou_xyxy(a, b) -> float:
+    iw, ih = min(a[2], b[2]) - max(a[0], b[0]), min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(iw, 0.0) * max(ih, 0.0)
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _wta_loop(boxes, scores, labels, iou_threshold):
+    """Winner-take-all with plain loops: the indices kept and their new scores, best first."""
+    alive = [True] * len(scores)
+    kept = []
+    for i in sorted(range(len(scores)), key=lambda i: -scores[i]):
+        if not alive[i]:
+            continue
+        alive[i] = False
+        total = scores[i]
+        for j in range(len(scores)):
+            if alive[j] and labels[j] == labels[i] and _iou_xyxy(boxes[i], boxes[j]) > iou_threshold:
+                alive[j] = False
+                total += scores[j]
+        kept.append((min(1.0, total), i))
+    kept.sort(key=lambda t: -t[0])
+    return [i for _, i in kept], [s for s, _ in kept]
+
+
+@pytest.mark.parametrize("seed, iou", [(3, 0.5), (4, 0.3), (6, 0.6), (8, 0.7)])
+def test_wta_matches_a_brute_force_loop(seed, iou):
+    det = _random_det(seed=seed)
+    det["component"] = torch.arange(len(det["scores"]))  # any per-detection tensor is indexed along
+    idx, scores = _wta_loop(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(), iou)
+    out = winner_take_all(det, iou)
+    assert len(idx) < len(det["scores"])  # something was merged
+    assert out["component"].tolist() == idx
+    assert torch.equal(out["boxes"], det["boxes"][idx]) and torch.equal(out["labels"], det["labels"][idx])
+    assert out["scores"].dtype == torch.float32
+    torch.testing.assert_close(out["scores"], torch.tensor(scores, dtype=torch.float32))
+    assert out["meta"] == "passed through"
+
+
+def test_nms_and_wta_handle_no_detections():
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
              "labels": torch.zeros(0, dtype=torch.int64)}
     for fn in (winner_take_all, nms_per_class):
-        assert len(fn(empty, 0.5)["boxes"]) == 0
+        out = fn(empty, 0.5)
+        assert out["boxes"].shape == (0, 4) and len(out["scores"]) == len(out["labels"]) == 0
 
 
 # ---------------------------------------------------------------- COCO evaluation

@@ -1,21 +1,13 @@
-"""`drmm reproduce`: variants, a tiny end-to-end run through the CLI parser, re-run skipping, claim verdicts."""
-import argparse
+"""`drmm reproduce`: variant configs, a tiny end-to-end run through the CLI, re-run skipping, claim verdicts."""
 import json
 import math
 
 import pytest
-from conftest import tiny_config
+from helpers import run_cli, tiny_config
 
-from drmm.config import save_config
+from drmm.config import Config, apply_overrides, save_config
 from drmm.data import generate_synthetic
-from drmm.reproduce import AP_GAP, AR_TOL, VARIANTS, judge_claims, register, variant_config
-
-
-def _cli(argv) -> int:
-    parser = argparse.ArgumentParser(prog="drmm")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
+from drmm.reproduce import AP_GAP, AR_TOL, DEFAULT_VARIANTS, VARIANTS, format_claims, judge_claims, variant_config
 
 
 def _base_cfg():
@@ -26,39 +18,63 @@ def _base_cfg():
     return cfg
 
 
-def test_variants_change_only_their_objective():
-    base = _base_cfg()
-    base.train.lr = 1e-3
+# (name, beta, nll_mode, mcm_mode, stop_grad) of each D-RMM variant, from the paper's tables
+EXPECTED_OBJECTIVES = {
+    "drmm": ("drmm", 0.5, "mixture", "max", ["coord"]),
+    "nll_only": ("drmm", 0.0, "mixture", "max", ["coord"]),
+    "nll_bipartite": ("drmm", 0.0, "bipartite", "max", ["coord"]),
+    "nll_mcm_bipartite": ("drmm", 0.5, "mixture", "bipartite", ["coord"]),
+    "nll_max": ("drmm", 0.0, "max", "max", ["coord"]),
+    "stopgrad_none": ("drmm", 0.5, "mixture", "max", []),
+    "stopgrad_coord_class": ("drmm", 0.5, "mixture", "max", ["coord", "class"]),
+}
+
+
+def test_variants_set_their_objective_and_nothing_else():
+    # a base whose objective differs from the paper's everywhere a variant could leave it in place
+    base = apply_overrides(_base_cfg(), ["train.lr=1e-3", "objective.beta=2.0", "objective.nll_mode=max",
+                                         "objective.mcm_mode=bipartite", "objective.stop_grad=[mix]",
+                                         "objective.reduction=mean", "objective.cls_weight=3.0"])
+    before = base.to_dict()
+    assert list(DEFAULT_VARIANTS) == ["drmm", "baseline", *[n for n in EXPECTED_OBJECTIVES if n != "drmm"]]
     cfgs = {n: variant_config(base, n, seed=7, iters=3) for n in VARIANTS}
-    assert base.train.max_iters is None and base.train.seed == 0  # the base is not modified
+    assert base.to_dict() == before  # the base is not modified
     for n, c in cfgs.items():
-        assert (c.train.max_iters, c.train.time_limit_minutes, c.train.seed, c.train.lr) == (3, None, 7, 1e-3), n
-        assert c.model == cfgs["drmm"].model or n == "baseline"
-    o = {n: c.objective for n, c in cfgs.items()}
-    assert (o["drmm"].name, o["drmm"].beta, o["drmm"].nll_mode, o["drmm"].mcm_mode, o["drmm"].stop_grad) == (
-        "drmm", 0.5, "mixture", "max", ["coord"])
-    assert o["baseline"].name == "hungarian" and cfgs["baseline"].model.proposal_init == "whole"
-    assert o["nll_only"].beta == 0 and (o["nll_bipartite"].nll_mode, o["nll_bipartite"].beta) == ("bipartite", 0)
-    assert (o["nll_mcm_bipartite"].mcm_mode, o["nll_mcm_bipartite"].beta) == ("bipartite", 0.5)
-    assert (o["nll_max"].nll_mode, o["nll_max"].beta) == ("max", 0)
-    assert o["stopgrad_none"].stop_grad == [] and o["stopgrad_coord_class"].stop_grad == ["coord", "class"]
+        o = c.objective
+        expected = EXPECTED_OBJECTIVES.get(n, ("hungarian", 2.0, "max", "bipartite", ["mix"]))
+        assert (o.name, o.beta, o.nll_mode, o.mcm_mode, o.stop_grad) == expected, n
+        assert (o.reduction, o.cls_weight) == ("mean", 3.0), n  # fields no variant defines come from the base
+        assert c.model.proposal_init == ("whole" if n == "baseline" else "grid"), n
+        # everything else is the base's, apart from the budget fields
+        d, b = c.to_dict(), Config.from_dict(before).to_dict()
+        for key in ("name", "beta", "nll_mode", "mcm_mode", "stop_grad"):
+            d["objective"].pop(key), b["objective"].pop(key)
+        d["model"].pop("proposal_init"), b["model"].pop("proposal_init")
+        budget = {k: d["train"].pop(k) for k in ("max_iters", "time_limit_minutes", "seed", "eval_interval")}
+        for k in budget:
+            b["train"].pop(k)
+        assert d == b and budget == {"max_iters": 3, "time_limit_minutes": None, "seed": 7, "eval_interval": 0}, n
     timed = variant_config(base, "nll_only", budget_minutes=2.5)
-    assert timed.train.time_limit_minutes == 2.5 and timed.train.max_iters >= 10**6
+    assert timed.train.time_limit_minutes == 2.5 and timed.train.max_iters >= 10**6 and timed.train.seed == 0
     with pytest.raises(ValueError, match="budget"):
         variant_config(base, "drmm")
     with pytest.raises(ValueError, match="unknown variant"):
         variant_config(base, "nope", iters=1)
+    with pytest.raises(ValueError, match="--iters must be >= 1"):
+        variant_config(base, "drmm", iters=0)
+    with pytest.raises(ValueError, match="--budget-minutes must be > 0"):
+        variant_config(base, "drmm", budget_minutes=0)
 
 
-def test_reproduce_three_variants_end_to_end(tmp_path, capsys):
+def test_reproduce_three_variants_end_to_end(tmp_path):
     data = tmp_path / "data"
     generate_synthetic(data, 8, 4, image_size=64, progress=False)
     save_config(_base_cfg(), tmp_path / "base.yaml")
     out = tmp_path / "out"
     common = ["reproduce", "--data", data, "--out", out, "--config", tmp_path / "base.yaml", "--iters", 2,
               "--seed", 3, "--set", "model.num_proposals=8", "--no-progress"]
-    assert _cli(common + ["--variants", "drmm,baseline,nll_only"]) == 0
-    printed = capsys.readouterr().out
+    code, printed, _ = run_cli(*common, "--variants", "drmm,baseline,nll_only")
+    assert code == 0
     md = (out / "results.md").read_text()
     assert "drmm reproduce --data" in md and "--iters 2" in md and "torch" in md and "exactly 2" in md
     for name in ("drmm", "baseline", "nll_only"):
@@ -67,62 +83,109 @@ def test_reproduce_three_variants_end_to_end(tmp_path, capsys):
         assert f"({name}/eval/reliability.png)" in md
     assert "| nll_max |" not in md
     report = json.loads((out / "results.json").read_text())
-    assert set(report["variants"]) == {"drmm", "baseline", "nll_only"} and report["seed"] == 3
-    for name, row in report["variants"].items():
+    rows = report["variants"]
+    assert set(rows) == {"drmm", "baseline", "nll_only"} and report["seed"] == 3
+    for name, row in rows.items():
         assert row["iterations"] == 2 and row["seconds_per_iter"] > 0
         assert {"AP", "AP50", "AR100", "ECE", "AP_nms0.7", "AP_wta"} <= set(row)
-    assert len(report["variants"]["drmm"]["exp_neg_mcm_stages"]) == 2  # tiny config: 2 stages
-    assert report["variants"]["baseline"]["exp_neg_mcm_stages"] == []  # no mixture, no diagnostics
-    verdicts = {c["id"]: c["verdict"] for c in report["claims"]}
-    assert set(verdicts) == set("abcde")
-    assert all(v in ("held", "not held", "undefined") for v in verdicts.values())
-    for cid in "abcde":
-        assert f"**({cid}) " in md and f"({cid}) " in printed
+    assert len(rows["drmm"]["exp_neg_mcm_stages"]) == 2  # tiny config: 2 stages
+    assert rows["baseline"]["exp_neg_mcm_stages"] == []  # no mixture, no diagnostics
+    claims = {c["id"]: c for c in report["claims"]}
+    assert list(claims) == list("abcde")
+    # the claims show this run's numbers, and results.md and the console say what results.json says
+    assert claims["a"]["numbers"] == f"AP D-RMM {100 * rows['drmm']['AP']:.1f} vs baseline {100 * rows['baseline']['AP']:.1f}"
+    for cid, c in claims.items():
+        assert f"**({cid}) {c['verdict']}** - " in md and f"({cid}) {c['verdict'].upper()}: " in printed
 
     # a re-run reuses finished variants; a missing one is run, claims needing absent variants say "not run"
     (out / "results.md").unlink()
     mtime = (out / "drmm" / "eval" / "metrics.json").stat().st_mtime_ns
-    assert _cli(common + ["--variants", "drmm"]) == 0
+    code, printed, _ = run_cli(*common, "--variants", "drmm")
+    assert code == 0 and "reused" in printed
     assert (out / "drmm" / "eval" / "metrics.json").stat().st_mtime_ns == mtime
-    assert "reused" in capsys.readouterr().out
     report = json.loads((out / "results.json").read_text())
     assert [c["verdict"] for c in report["claims"]] == ["not run"] * 5 and report["notes"] == {}
     assert "not run" in (out / "results.md").read_text()
 
 
-def _row(AP=0.3, AR100=0.5, ECE=0.1, nms=None, mcm=0.8):
-    return {"AP": AP, "AR100": AR100, "ECE": ECE, "AP_nms0.7": AP if nms is None else nms, "exp_neg_mcm_last": mcm}
+def test_reproduce_cli_needs_a_budget_and_known_variants(tmp_path):
+    code, _, err = run_cli("reproduce", "--data", tmp_path, "--out", tmp_path / "o")
+    assert code == 2 and err.startswith("drmm reproduce: error: give a budget")
+    code, _, err = run_cli("reproduce", "--data", tmp_path, "--out", tmp_path / "o", "--iters", 1, "--variants", "x")
+    assert code == 2 and "unknown variant(s) ['x']" in err
 
 
-def _verdicts(rows):
-    return {c["id"]: c["verdict"] for c in judge_claims(rows)}
+def _row(AP, AR100, ECE, nms, mcm):
+    return {"AP": AP, "AR100": AR100, "ECE": ECE, "AP_nms0.7": nms, "exp_neg_mcm_last": mcm}
 
 
-def test_claim_verdicts_held():
-    rows = {"drmm": _row(AP=0.40, AR100=0.60, ECE=0.05, nms=0.41, mcm=0.9),
-            "baseline": _row(AP=0.38, ECE=0.10),
-            "nll_only": _row(AP=0.40 - AP_GAP, AR100=0.60 - AR_TOL + 1e-6, nms=0.45, mcm=0.6)}
-    assert _verdicts(rows) == dict.fromkeys("abcde", "held")
-    rows["baseline"]["AP"] = 0.40  # (a) is >=: a tie holds
-    assert _verdicts(rows)["a"] == "held"
+def _claims(rows, failed=None):
+    return {c["id"]: (c["verdict"], c["numbers"]) for c in judge_claims(rows, failed)}
 
 
-def test_claim_verdicts_not_held():
-    rows = {"drmm": _row(AP=0.40, AR100=0.60, ECE=0.10, nms=0.45, mcm=0.6),
-            "baseline": _row(AP=0.41, ECE=0.10),  # (a) lower AP, (d) equal ECE is not lower
-            "nll_only": _row(AP=0.39, AR100=0.60, nms=0.42, mcm=0.6)}  # (b) gap 0.01, (c) lift 3 < 5, (e) equal
-    assert _verdicts(rows) == dict.fromkeys("abcde", "not held")
-    rows["nll_only"] = _row(AP=0.30, AR100=0.50, nms=0.42, mcm=0.7)  # (b) gap ok but AR differs by 0.10
-    v = _verdicts(rows)
-    assert v["b"] == "not held" and v["c"] == "held" and v["e"] == "not held"  # (e) 0.7 > 0.6 is the wrong way
+def test_claims_held_with_their_numbers():
+    rows = {"drmm": _row(AP=0.5, AR100=0.625, ECE=0.05, nms=0.5, mcm=0.875),
+            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None),
+            "nll_only": _row(AP=0.25, AR100=0.6, ECE=0.25, nms=0.375, mcm=0.5)}
+    assert _claims(rows) == {
+        "a": ("held", "AP D-RMM 50.0 vs baseline 37.5"),
+        "b": ("held", "AP D-RMM 50.0 vs NLL-only 25.0 (gap 25.0, needs >= 2.0); "
+                      "AR100 62.5 vs 60.0 (|diff| 2.5, needs <= 5.0)"),
+        "c": ("held", "NMS 0.7 lifts NLL-only AP 25.0 -> 37.5 (+12.5), D-RMM 50.0 -> 50.0 (+0.0)"),
+        "d": ("held", "ECE D-RMM 5.0 vs baseline 12.5"),
+        "e": ("held", "last-stage exp(-MCM) D-RMM 0.875 vs NLL-only 0.500"),
+    }
+    claims = judge_claims(rows)
+    assert [(c["id"], c["needs"]) for c in claims] == [
+        ("a", "drmm, baseline"), ("b", "drmm, nll_only"), ("c", "drmm, nll_only"), ("d", "drmm, baseline"),
+        ("e", "drmm, nll_only")]
+    assert format_claims(claims).splitlines()[0] == (
+        "(a) HELD: D-RMM AP >= Sparse R-CNN baseline AP. Ours: AP D-RMM 50.0 vs baseline 37.5. "
+        "Paper: Table 1: 47.0 vs 45.0 (R50).")
 
 
-def test_claim_verdicts_not_run_and_undefined():
-    assert _verdicts({}) == dict.fromkeys("abcde", "not run")
-    v = _verdicts({"drmm": _row(), "nll_only": _row(AP=0.1)})
-    assert v["a"] == v["d"] == "not run" and v["b"] != "not run"
-    claims = judge_claims({"drmm": _row(), "baseline": _row(ECE=math.nan)}, failed={"nll_only": "diverged"})
-    v = {c["id"]: c for c in claims}
-    assert v["d"]["verdict"] == "undefined" and v["a"]["verdict"] == "held"
-    assert v["b"]["verdict"] == "not run" and "nll_only (failed)" in v["b"]["numbers"]
-    assert "AP D-RMM 30.0 vs baseline 30.0" in v["a"]["numbers"]
+def test_claims_not_held_with_their_numbers():
+    rows = {"drmm": _row(AP=0.25, AR100=0.5, ECE=0.125, nms=0.5, mcm=0.5),
+            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None),  # (d) equal ECE is not lower
+            "nll_only": _row(AP=0.24, AR100=0.5, ECE=0.25, nms=0.25, mcm=0.75)}
+    assert _claims(rows) == {
+        "a": ("not held", "AP D-RMM 25.0 vs baseline 37.5"),
+        "b": ("not held", "AP D-RMM 25.0 vs NLL-only 24.0 (gap 1.0, needs >= 2.0); "
+                          "AR100 50.0 vs 50.0 (|diff| 0.0, needs <= 5.0)"),
+        "c": ("not held", "NMS 0.7 lifts NLL-only AP 24.0 -> 25.0 (+1.0), D-RMM 25.0 -> 50.0 (+25.0)"),
+        "d": ("not held", "ECE D-RMM 12.5 vs baseline 12.5"),
+        "e": ("not held", "last-stage exp(-MCM) D-RMM 0.500 vs NLL-only 0.750"),
+    }
+    # (b) with a large AP gap still fails when AR100 differs by more than AR_TOL
+    rows["nll_only"] = _row(AP=0.125, AR100=0.375, ECE=0.25, nms=0.25, mcm=0.75)
+    assert _claims(rows)["b"] == ("not held", "AP D-RMM 25.0 vs NLL-only 12.5 (gap 12.5, needs >= 2.0); "
+                                              "AR100 50.0 vs 37.5 (|diff| 12.5, needs <= 5.0)")
+
+
+def test_claims_at_their_thresholds():
+    drmm = _row(AP=0.40, AR100=0.60, ECE=0.05, nms=0.41, mcm=0.9)
+    rows = {"drmm": drmm, "baseline": _row(AP=0.40, AR100=0.5, ECE=0.10, nms=0.4, mcm=None),  # (a) a tie holds
+            "nll_only": _row(AP=0.40 - AP_GAP, AR100=0.60 - AR_TOL + 1e-6, ECE=0.2, nms=0.45, mcm=0.6)}
+    assert {k: v for k, (v, _) in _claims(rows).items()} == dict.fromkeys("abcde", "held")
+    rows["nll_only"]["AR100"] = 0.60 - AR_TOL - 1e-6
+    assert _claims(rows)["b"][0] == "not held"
+
+
+def test_claims_undefined_and_not_run():
+    rows = {"drmm": _row(AP=0.5, AR100=0.625, ECE=math.nan, nms=None, mcm=None),  # no detection >= 0.05, ...
+            "baseline": _row(AP=0.375, AR100=0.5, ECE=0.125, nms=0.375, mcm=None)}
+    claims = _claims(rows, failed={"nll_only": "diverged"})
+    assert claims == {
+        "a": ("held", "AP D-RMM 50.0 vs baseline 37.5"),
+        "b": ("not run", "variant(s) not run: nll_only (failed)"),
+        "c": ("not run", "variant(s) not run: nll_only (failed)"),
+        "d": ("undefined", "ECE D-RMM nan vs baseline 12.5"),
+        "e": ("not run", "variant(s) not run: nll_only (failed)"),
+    }
+    rows["nll_only"] = _row(AP=0.25, AR100=0.625, ECE=0.25, nms=0.375, mcm=0.5)
+    claims = _claims(rows)
+    assert claims["c"] == ("undefined", "NMS 0.7 lifts NLL-only AP 25.0 -> 37.5 (+12.5), D-RMM 50.0 -> nan (+nan)")
+    assert claims["e"] == ("undefined", "last-stage exp(-MCM) D-RMM nan vs NLL-only 0.500")
+    assert claims["b"][0] == "held"
+    assert _claims({}) == dict.fromkeys("abcde", ("not run", "variant(s) not run: drmm, baseline")) | {
+        k: ("not run", "variant(s) not run: drmm, nll_only") for k in "bce"}

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from helpers import tiny_config
 
 from drmm.config import load_config, save_config
 from drmm.data import generate_synthetic
-from drmm.engine.train import DataPaths, EpochBatchSampler, Trainer, lr_factor, train
+from drmm.engine.sampling import EpochBatchSampler
+from drmm.engine.schedule import lr_factor
+from drmm.engine.train import DataPaths, Trainer, train
 from drmm.models import load_checkpoint
 
 
@@ -100,11 +102,11 @@ def test_nonfinite_steps_are_skipped_then_stop(synth, tmp_path, monkeypatch):
 
 def test_schedule_and_sampler():
     cfg = small_cfg(warmup_iters=10, warmup_factor=0.1, lr_steps=[2, 3], lr_steps_unit="epoch", lr_gamma=0.1)
-    assert lr_factor(0, cfg, 100) == pytest.approx(0.1)
-    assert lr_factor(5, cfg, 100) == pytest.approx(0.55)
-    assert lr_factor(150, cfg, 100) == 1.0
-    assert lr_factor(200, cfg, 100) == pytest.approx(0.1)
-    assert lr_factor(399, cfg, 100) == pytest.approx(0.01)
+    assert lr_factor(0, cfg.train, 100) == pytest.approx(0.1)
+    assert lr_factor(5, cfg.train, 100) == pytest.approx(0.55)
+    assert lr_factor(150, cfg.train, 100) == 1.0
+    assert lr_factor(200, cfg.train, 100) == pytest.approx(0.1)
+    assert lr_factor(399, cfg.train, 100) == pytest.approx(0.01)
     single = EpochBatchSampler(10, 4, seed=3)
     ranks = [EpochBatchSampler(10, 2, seed=3, rank=r, world=2) for r in range(2)]
     for s in [single, *ranks]:
@@ -122,8 +124,19 @@ def test_missing_data_is_a_clear_error(tmp_path):
         DataPaths.from_dir(tmp_path)
 
 
+def _grad_norms(run: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["grad_norm"] for r in rows if r["type"] == "train"]
+
+
 def test_ddp_two_gloo_processes_match_one_process(synth, tmp_path):
-    """2 processes x batch 1 (gloo, CPU) == 1 process x batch 2, within float tolerance."""
+    """2 processes x batch 1 (gloo, CPU) == 1 process x batch 2: same gradients, same weights.
+
+    The weights alone cannot show a wrong gradient scale (AdamW is invariant to it),
+    so the gradient norms logged at each step (before clipping) are compared too:
+    the loss sums over ground truths and DDP averages gradients, so without the
+    world-size factor the 2-process norm would be half the single-process one.
+    """
     cfg = small_cfg(max_iters=3, batch_size=1)
     cfg.model.backbone = "resnet18"  # frozen BatchNorm: no batch statistics, so 2 x 1 image == 1 x 2 images
     cfg.model.backbone_norm = "frozen"
@@ -147,6 +160,9 @@ def test_ddp_two_gloo_processes_match_one_process(synth, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0.1 * one.train.lr, msg=k)
     diff = sum(((a[k] - b[k]).double() ** 2).sum() for k in a if a[k].is_floating_point()) ** 0.5
     assert diff < 1e-3
+    ddp_norms, single_norms = _grad_norms(tmp_path / "ddp"), _grad_norms(tmp_path / "single")
+    assert len(ddp_norms) == len(single_norms) == 3 and min(single_norms) > 1.0  # not a vanishing gradient
+    assert ddp_norms == pytest.approx(single_norms, rel=1e-4)
 
 
 def test_bf16_autocast_training_step_is_finite(synth, tmp_path):
@@ -159,7 +175,7 @@ def test_bf16_autocast_training_step_is_finite(synth, tmp_path):
 
 
 def test_demo_recipe_builds_and_steps():
-    from drmm.cli import packaged_config
+    from drmm.config import packaged_config
     from drmm.models import build_detector
 
     cfg = load_config(packaged_config("demo_cpu.yaml"))

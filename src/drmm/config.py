@@ -7,7 +7,6 @@ Unknown keys are errors, so a typo never silently falls back to a default.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -285,6 +284,6 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def replace(cfg: Any, **changes: Any) -> Any:
-    """``dataclasses.replace`` re-exported for convenience."""
-    return dataclasses.replace(cfg, **changes)
+def packaged_config(name: str) -> str:
+    """Path of a config shipped inside the package (``drmm/configs/NAME``)."""
+    return str(Path(__file__).parent / "configs" / name)

@@ -145,20 +145,10 @@ def combine_log_terms(
     )
 
 
-def mixture_log_terms(
-    mu: Tensor,
-    raw_scale: Tensor,
-    objectness_logit: Tensor,
-    class_logits: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    gt_valid: Tensor,
-    *,
-    min_scale_ratio: float = 0.04,
-    coord_dist: str = "cauchy",
-    detach_floor: bool = False,
-    kept: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def mixture_log_terms(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, class_logits: Tensor,
+                      gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor, *, min_scale_ratio: float = 0.04,
+                      coord_dist: str = "cauchy", detach_floor: bool = False,
+                      kept: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(log_pi [B,1,K], log_coord [B,G,K], log_class [B,G,K])`` of a stage, padding-safe.
 
     Same arguments as :func:`mixture_losses`; the sum of the three is ``log comp``.
@@ -180,21 +170,10 @@ def mixture_log_terms(
     return log_pi.unsqueeze(1), log_coord, log_class
 
 
-def mixture_losses(
-    mu: Tensor,
-    raw_scale: Tensor,
-    objectness_logit: Tensor,
-    class_logits: Tensor,
-    gt_boxes: Tensor,
-    gt_labels: Tensor,
-    gt_valid: Tensor,
-    *,
-    min_scale_ratio: float = 0.04,
-    coord_dist: str = "cauchy",
-    stop_grad: Collection[str] = ("coord",),
-    detach_floor: bool = False,
-    kept: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+def mixture_losses(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, class_logits: Tensor,
+                   gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor, *, min_scale_ratio: float = 0.04,
+                   coord_dist: str = "cauchy", stop_grad: Collection[str] = ("coord",), detach_floor: bool = False,
+                   kept: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-ground-truth NLL and MCM of the D-RMM mixture (paper eqs. 4-8).
 
     Args:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .data import load_rgb
 from .models import detector_from_checkpoint
-from .visualize import draw_detections, save_image_png
+from .plotting import draw_detections, save_image_png
 
 logger = logging.getLogger("drmm.predict")
 

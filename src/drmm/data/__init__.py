@@ -1,5 +1,5 @@
 """Data layer: COCO-format datasets, the training augmentation and a synthetic shapes dataset."""
-from .coco import CocoDetection, collate_fn, load_rgb
+from .coco import CocoDetection, check_class_mapping, collate_fn, load_rgb
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES, generate_synthetic
 from .transforms import RandomSizeCrop, build_transforms
 
@@ -8,6 +8,7 @@ __all__ = [
     "RandomSizeCrop",
     "SYNTHETIC_CLASS_NAMES",
     "build_transforms",
+    "check_class_mapping",
     "collate_fn",
     "generate_synthetic",
     "load_rgb",

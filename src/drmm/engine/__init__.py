@@ -1,1 +1,1 @@
-"""Training, evaluation and post-processing engine."""
+"""Training: the loop, its reproducible data order, the schedule, distributed helpers and checkpoints."""

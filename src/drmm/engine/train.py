@@ -1,14 +1,13 @@
 """Training loop: AdamW, warm-up + step schedule, clipping, AMP, DDP, exact resume.
 
 Reproducibility: data order comes from a generator seeded with (seed, epoch) and
-every sample's augmentation from a generator seeded with (seed, epoch, index), so a
-run is the same with any number of workers; checkpoints hold the model, optimizer,
-scheduler, scaler and RNG states plus the position in the epoch, so ``resume``
-continues exactly where the run stopped.
+every sample's augmentation from a generator seeded with (seed, epoch, index)
+(:mod:`drmm.engine.sampling`), so a run is the same with any number of workers;
+checkpoints hold the model, optimizer, scheduler, scaler and RNG states plus the
+position in the epoch, so ``resume`` continues exactly where the run stopped.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import math
@@ -19,23 +18,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..data import CocoDetection, build_transforms, collate_fn
-from ..models import build_detector
+from ..evaluation.coco import coco_evaluate, to_coco_results
+from ..evaluation.inference import run_inference
+from ..models import build_detector, load_checkpoint
+from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
+from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed
+from .sampling import EpochBatchSampler, SeededSamples
+from .schedule import lr_factor
 
 logger = logging.getLogger("drmm.train")
 
 
 @dataclass
 class DataPaths:
+    """Annotation files and image folders of a training run (validation optional)."""
+
     train_ann: Path
     train_images: Path
     val_ann: Path | None = None
@@ -51,120 +57,6 @@ class DataPaths:
         if not paths.val_ann.is_file():
             paths.val_ann = paths.val_images = None
         return paths
-
-
-# ----------------------------------------------------------------------------- data
-
-
-class SeededSamples(Dataset):
-    """Runs each sample's augmentation under its own generator seeded by (seed, epoch, index)."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        s = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0] >> 1)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            return self.dataset[index]
-
-
-class EpochBatchSampler:
-    """Shuffled batches from a (seed, epoch) generator; rank r takes its slice of each global batch.
-
-    With ``world`` processes of ``batch_size`` each, the global batch ``i`` is the
-    same ``batch_size * world`` images a single process with that batch size would
-    use, so distributed and single-process runs see the same data.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
-        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.global_batch = batch_size * world
-        if n < self.global_batch:
-            raise ValueError(f"the training set has {n} images, fewer than one batch ({self.global_batch})")
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start = epoch, start_batch
-
-    def __len__(self) -> int:
-        return self.n // self.global_batch - self.start
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        for i in range(self.start, self.n // self.global_batch):
-            chunk = order[i * self.global_batch : (i + 1) * self.global_batch]
-            yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
-
-
-# ----------------------------------------------------------------------------- schedule
-
-
-def lr_factor(step: int, cfg, steps_per_epoch: int) -> float:
-    """Linear warm-up from ``warmup_factor`` then x ``lr_gamma`` at each step of ``lr_steps``."""
-    t = cfg.train
-    warm = 1.0
-    if step < t.warmup_iters:
-        a = step / t.warmup_iters
-        warm = t.warmup_factor * (1 - a) + a
-    scale = steps_per_epoch if t.lr_steps_unit == "epoch" else 1
-    passed = sum(step >= s * scale for s in t.lr_steps)
-    return warm * t.lr_gamma**passed
-
-
-# ----------------------------------------------------------------------------- distributed
-
-
-def init_distributed() -> tuple[int, int, torch.device | None]:
-    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, None
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        # generous timeout: the other ranks wait while rank 0 runs validation
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
-    rank = dist.get_rank()
-    device = None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    return rank, world, device
-
-
-# ----------------------------------------------------------------------------- trainer
-
-
-def _plot_losses(log_path: Path, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    rows = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
-    rows = [r for r in rows if r.get("type") == "train"]
-    if not rows:
-        return
-    fig = Figure(figsize=(7, 4))
-    ax = fig.subplots()
-    steps = [r["step"] for r in rows]
-    ax.plot(steps, [r["loss"] for r in rows], label="total")
-    stage_keys = sorted({k for r in rows for k in r if k.startswith(("nll.", "mcm."))})
-    last = [k for k in stage_keys if k.endswith(f".{max(int(k.split('.')[1]) for k in stage_keys)}")] if stage_keys else []
-    for k in last:
-        ax.plot(steps, [r.get(k, float("nan")) for r in rows], label=f"{k} (last stage)", alpha=0.7)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss per batch")
-    ax.set_yscale("symlog")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
 
 
 class Trainer:
@@ -209,10 +101,10 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         self.sampler = EpochBatchSampler(len(self.train_set), t.batch_size, t.seed, self.rank, self.world)
-        self.steps_per_epoch = self.train_set_batches = len(self.sampler)
+        self.steps_per_epoch = len(self.sampler)
         self.total_steps = t.max_iters or t.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch))
+            self.optimizer, lambda s: lr_factor(s, t, self.steps_per_epoch))
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs a GPU; use bf16 or none on the CPU")
@@ -220,7 +112,6 @@ class Trainer:
 
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
-        self.history: list[dict[str, Any]] = []
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -242,8 +133,6 @@ class Trainer:
         atomic_save(ckpt, self.out / name)
 
     def _resume(self) -> None:
-        from ..models import load_checkpoint
-
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path, "cpu")  # RNG states must stay CPU tensors; load_state_dict moves the rest
         if "optimizer" not in ckpt:
@@ -265,8 +154,7 @@ class Trainer:
 
     def _loader(self, epoch: int, start: int) -> DataLoader:
         self.sampler.set_epoch(epoch, start)
-        samples = SeededSamples(self.train_set, self.cfg.train.seed)
-        samples.epoch = epoch
+        samples = SeededSamples(self.train_set, self.cfg.train.seed, epoch)
         g = torch.Generator().manual_seed(self.cfg.train.seed)  # keeps the global RNG untouched
         return DataLoader(samples, batch_sampler=self.sampler, collate_fn=collate_fn,
                           num_workers=self.cfg.train.num_workers, generator=g,
@@ -285,7 +173,8 @@ class Trainer:
         model = self.ddp or self.model
         images = [im.to(self.device, non_blocking=True) for im in images]
         targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        amp = self.amp_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
             losses = model(images, targets)
         loss = sum(losses.values())
         if self.world > 1 and self.cfg.objective.reduction == "sum":
@@ -293,13 +182,9 @@ class Trainer:
         else:
             loss_for_grad = loss
         self.optimizer.zero_grad(set_to_none=True)
-        finite = torch.isfinite(loss.detach())
-        if self.world > 1:  # every rank must agree to skip, or DDP would hang
-            flag = finite.float().to(self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-            finite = flag > 0
+        finite = on_every_rank(bool(torch.isfinite(loss.detach())), self.device, self.world)
         grad_norm = float("nan")
-        if bool(finite):
+        if finite:
             self.scaler.scale(loss_for_grad).backward()
             self.scaler.unscale_(self.optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm))
@@ -333,19 +218,9 @@ class Trainer:
         row["grad_norm"] = grad_norm
         return row
 
-    def _agree(self, flag: bool) -> bool:
-        """True on every rank when it is true on any (so all ranks leave the loop together)."""
-        if self.world == 1:
-            return flag
-        t = torch.tensor(float(flag), device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t > 0)
-
     # -- evaluation
     def evaluate(self) -> dict[str, float]:
-        from .coco_eval import coco_evaluate, to_coco_results
-        from .evaluate import run_inference
-
+        """COCO metrics on the validation set, computed on rank 0 (empty elsewhere and without one)."""
         if self.val_set is None:
             return {}
         if not self.is_main:  # validation runs on rank 0; the others wait for it
@@ -399,7 +274,7 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 self._after_interval(epoch_end)
-                if deadline and self._agree(time.time() > deadline):
+                if deadline and on_any_rank(time.time() > deadline, self.device, self.world):
                     logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
                     stopped_early = True
                     break
@@ -414,7 +289,7 @@ class Trainer:
                     self._checkpoint("best.pt", metrics)
             self._checkpoint("last.pt", metrics)
             if (self.out / "log.jsonl").exists():
-                _plot_losses(self.out / "log.jsonl", self.out / "loss.png")
+                loss_curve(self.out / "log.jsonl", self.out / "loss.png")
         return {"step": self.step, "metrics": metrics, "nonfinite_steps": self.nonfinite_total,
                 "seconds": time.time() - start_time}
 
@@ -423,7 +298,5 @@ def train(cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: b
           device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` on ``data`` into ``out_dir`` (config.yaml, log.jsonl, loss.png, last.pt, best.pt)."""
     result = Trainer(cfg, data, out_dir, resume=resume, device=device, progress=progress).fit()
-    if dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
+    shutdown_distributed()
     return result

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..structures import StageOutput
 from .backbone import LEVELS, STRIDES
 from .box_ops import box_iof, update_xyzr, xyxy_to_xyzr, xyzr_to_xyxy, xyzr_wh
-from .layers import check_topk, feedforward, prune_top
+from .layers import check_topk, feedforward, init_decoder, prune_top
 
 
 def position_embedding(xyzr: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -165,6 +165,7 @@ class AdaMixerStage(nn.Module):
                  feature_channels: int, groups: int, points: int, out_points: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)  # on each residual branch
         self.iof_tau = nn.Parameter(torch.zeros(num_heads))
         self.norm1 = nn.LayerNorm(dim)
         self.sampling = AdaptiveSampling(dim, groups, points)
@@ -172,7 +173,6 @@ class AdaMixerStage(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = feedforward(dim, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
         self.head = make_head()
 
     def reset_parameters(self) -> None:
@@ -206,14 +206,7 @@ class AdaMixerDecoder(nn.Module):
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.topk_ratio, self.topk_mode = check_topk(topk_ratio, topk_mode)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for stage in self.stages:
-            stage.reset_parameters()
+        init_decoder(self)
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, content: Tensor,
                 image_sizes: list[tuple[int, int]]) -> list[StageOutput]:

@@ -60,3 +60,12 @@ def prune_top(out: StageOutput, ranking: Tensor, ratio: float, mode: str, last: 
     if last:
         return out, list(carry)
     return out, gather_rows(ranking.topk(math.ceil(K * ratio), dim=1).indices, *carry)
+
+
+def init_decoder(decoder: nn.Module) -> None:
+    """Xavier-uniform for every weight matrix of the decoder, then each stage's own initialisation (released)."""
+    for p in decoder.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+    for stage in decoder.stages:
+        stage.reset_parameters()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..structures import StageOutput
 from .box_ops import clean_boxes
-from .layers import check_topk, feedforward, prune_top
+from .layers import check_topk, feedforward, init_decoder, prune_top
 
 
 class DynamicConv(nn.Module):
@@ -59,13 +59,17 @@ class SparseRCNNStage(nn.Module):
                  dynamic_dim: int, pooler_resolution: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)  # on each residual branch
         self.norm1 = nn.LayerNorm(dim)
         self.dynamic_conv = DynamicConv(dim, dynamic_dim, pooler_resolution)
         self.norm2 = nn.LayerNorm(dim)
         self.ffn = feedforward(dim, dim_feedforward, dropout)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
         self.head = make_head()
+
+    def reset_parameters(self) -> None:
+        """After the decoder-wide Xavier init: the head's prior."""
+        self.head.reset_parameters()
 
     def forward(self, roi_features: Tensor, boxes: Tensor, pro_features: Tensor) -> StageOutput:
         """``roi_features [B*K, D, S, S]``, ``boxes [B, K, 4]``, ``pro_features [B, K, D]``."""
@@ -91,14 +95,7 @@ class SparseRCNNDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.topk_ratio, self.topk_mode = check_topk(topk_ratio, topk_mode)
         self.clip_boxes = clip_boxes
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for p in self.parameters():
-            if p.dim() > 1:
-                nn.init.xavier_uniform_(p)
-        for stage in self.stages:
-            stage.head.reset_parameters()
+        init_decoder(self)
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, pro_features: Tensor,
                 image_sizes: list[tuple[int, int]]) -> list[StageOutput]:

@@ -138,12 +138,8 @@ class DRMMObjective(nn.Module):
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
         return [(*self.stage_terms(s, gt_boxes, gt_labels, gt_valid)[:2], gt_valid) for s in stages]
 
-    def forward(
-        self,
-        stages: list[StageOutput],
-        targets: list[dict[str, Tensor]],
-        image_sizes: list[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor]:
+    def forward(self, stages: list[StageOutput], targets: list[dict[str, Tensor]],
+                image_sizes: list[tuple[int, int]] | None = None) -> dict[str, Tensor]:
         """``image_sizes`` is accepted for a common objective signature and not used."""
         gt_boxes, gt_labels, gt_valid = pad_targets(targets, stages[0].boxes.device)
         # mean: per ground truth of the whole (possibly distributed) batch

@@ -113,12 +113,8 @@ class HungarianObjective(nn.Module):
         giou = generalized_box_iou_loss(pred, boxes[g_idx], reduction="sum")  # 1 - GIoU, pairwise
         return focal / num_boxes, l1 / num_boxes, giou / num_boxes
 
-    def forward(
-        self,
-        stages: list[StageOutput],
-        targets: list[dict[str, Tensor]],
-        image_sizes: list[tuple[int, int]] | None = None,
-    ) -> dict[str, Tensor]:
+    def forward(self, stages: list[StageOutput], targets: list[dict[str, Tensor]],
+                image_sizes: list[tuple[int, int]] | None = None) -> dict[str, Tensor]:
         """``image_sizes`` are the (h, w) of each model input, needed for the L1 normalisation."""
         if image_sizes is None:
             raise ValueError("HungarianObjective needs image_sizes (h, w) to normalise boxes for the L1 terms")

@@ -1,15 +1,24 @@
-"""Optional post-processing of one image's detections: per-class NMS and winner-take-all.
+"""The paper's post-processing ablations (Figure 7, Table 3): class-wise NMS and winner-take-all.
 
-D-RMM itself is NMS-free; these exist for the ablations (paper Table 3). Both take
-and return a detection dict ``{"boxes": [N, 4] xyxy, "scores": [N], "labels": [N]}``;
-any other tensor entry with a leading dimension of N is indexed along, everything
-else is passed through. Dtypes and devices are preserved.
+D-RMM itself is NMS-free (its post-processing is :class:`drmm.models.postprocess.TopKPostProcess`);
+these exist only to measure what NMS would change. Both take and return one image's
+detection dict ``{"boxes": [N, 4] xyxy, "scores": [N], "labels": [N]}``; any other
+tensor entry with a leading dimension of N is indexed along, everything else is
+passed through. Dtypes and devices are preserved.
 """
 from __future__ import annotations
+
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, box_iou
+
+NMS_IOUS = (0.5, 0.6, 0.7, 0.8, 0.9)
+"""Class-wise NMS thresholds of the sweep (paper Figure 7; 1.0 there means no NMS)."""
+WTA_IOU = 0.7
+"""IoU of the winner-take-all row. The paper (Table 3) does not state it; 0.7 is our choice."""
 
 
 def _index(det: dict, keep: Tensor) -> dict:
@@ -54,3 +63,11 @@ def winner_take_all(det: dict, iou_threshold: float) -> dict:
     out = _index(det, keep_t[order].to(det["scores"].device))
     out["scores"] = new_t[order].to(dtype=det["scores"].dtype, device=det["scores"].device)
     return out
+
+
+def ablation_variants() -> list[tuple[str, float | None, Callable[[dict], dict]]]:
+    """The sweep's rows in order: ``(method, iou, per-image function)``; ``("none", None, identity)`` first."""
+    variants: list[tuple[str, float | None, Callable[[dict], dict]]] = [("none", None, lambda d: d)]
+    variants += [("nms", iou, partial(nms_per_class, iou_threshold=iou)) for iou in NMS_IOUS]
+    variants.append(("wta", WTA_IOU, partial(winner_take_all, iou_threshold=WTA_IOU)))
+    return variants

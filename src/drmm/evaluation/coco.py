@@ -1,9 +1,8 @@
-"""COCO-style bbox evaluation with pycocotools, returned as a flat dict of floats."""
+"""COCO-style bbox metrics with pycocotools, returned as a flat dict of floats."""
 from __future__ import annotations
 
 import contextlib
 import io
-import math
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -19,6 +18,7 @@ def to_coco_results(
 ) -> list[dict]:
     """Convert per-image detections to COCO results (``bbox`` as [x, y, w, h]).
 
+    ``detections[i]`` holds ``boxes [N, 4]`` (xyxy), ``scores [N]`` and ``labels [N]``;
     ``label_to_cat_id[label]`` maps the model's contiguous label to the dataset's
     category id (COCO ids are not contiguous).
     """
@@ -65,13 +65,3 @@ def coco_evaluate(
         ev.summarize()
     stats = np.asarray(ev.stats, dtype=float)
     return {k: float("nan") if v == -1 else float(v) for k, v in zip(METRIC_NAMES, stats)}
-
-
-def format_metrics_table(metrics: dict) -> str:
-    """Two-column aligned text table, values shown x100 (COCO convention), NaN as "nan"."""
-    width = max([len(str(k)) for k in metrics] + [6])
-    lines = [f"{'metric':<{width}}  {'x100':>6}", "-" * (width + 8)]
-    for k, v in metrics.items():
-        v = float(v)
-        lines.append(f"{str(k):<{width}}  {'nan' if math.isnan(v) else f'{100 * v:.1f}':>6}")
-    return "\n".join(lines)

@@ -1,0 +1,76 @@
+"""What several commands share: the config arguments, device parsing, dataset paths, the metrics table."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """The ``config`` positional (a YAML file)."""
+    p.add_argument("config", help="YAML config file")
+
+
+def add_set_option(p: argparse.ArgumentParser, help: str | None = "override a config value (repeatable)") -> None:
+    """``--set KEY=VALUE`` (repeatable) into ``args.overrides``: the only declaration of the option."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
+def device(name: str) -> torch.device:
+    """``--device NAME`` as a device; an error when it names CUDA on a machine without it."""
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+    return dev
+
+
+def add_dataset_args(p: argparse.ArgumentParser) -> None:
+    """One split of a dataset: ``--data DIR [--split S]`` or ``--ann FILE --images DIR`` (see :func:`dataset_paths`)."""
+    p.add_argument("--data", help="dataset root: DIR/annotations/SPLIT.json and DIR/SPLIT/")
+    p.add_argument("--split", default="val", help="split under --data (default: val)")
+    p.add_argument("--ann", help="COCO annotation file (with --images)")
+    p.add_argument("--images", help="image folder (with --ann)")
+
+
+def dataset_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(annotation file, image folder) from ``--data DIR [--split S]`` or ``--ann A --images D``."""
+    if args.data is not None:
+        if args.ann is not None or args.images is not None:
+            raise ValueError("give either --data DIR or --ann FILE --images DIR, not both")
+        root = Path(args.data)
+        return root / "annotations" / f"{args.split}.json", root / args.split
+    if args.ann is None or args.images is None:
+        raise ValueError("give --data DIR (DIR/annotations/SPLIT.json + DIR/SPLIT/) or both --ann and --images")
+    return Path(args.ann), Path(args.images)
+
+
+def add_training_data_args(p: argparse.ArgumentParser) -> None:
+    """Training (and validation) data: ``--data DIR`` or explicit paths (see :func:`training_data_paths`)."""
+    p.add_argument("--data", help="dataset folder: DIR/annotations/{train,val}.json, DIR/{train,val}/")
+    p.add_argument("--train-ann", help="training annotation JSON (instead of --data)")
+    p.add_argument("--train-images", help="training image folder")
+    p.add_argument("--val-ann", help="validation annotation JSON")
+    p.add_argument("--val-images", help="validation image folder")
+
+
+def training_data_paths(args: argparse.Namespace):
+    """:class:`drmm.engine.train.DataPaths` from ``--data DIR`` or ``--train-ann/--train-images[/--val-*]``."""
+    from ..engine.train import DataPaths
+
+    if args.data:
+        return DataPaths.from_dir(args.data)
+    if not (args.train_ann and args.train_images):
+        raise ValueError("give --data DIR, or --train-ann and --train-images (and optionally --val-ann/--val-images)")
+    if args.val_ann and not args.val_images:
+        raise ValueError("--val-ann needs --val-images")
+    val = (Path(args.val_ann), Path(args.val_images)) if args.val_ann else (None, None)
+    return DataPaths(Path(args.train_ann), Path(args.train_images), *val)
+
+
+def print_metrics(metrics: dict) -> None:
+    """The COCO metrics table (nothing when ``metrics`` is empty)."""
+    if metrics:
+        from ..evaluation import format_metrics_table
+
+        print(format_metrics_table(metrics))

@@ -1,0 +1,59 @@
+"""``drmm eval``: COCO AP/AR, D-ECE and reliability figures of a checkpoint (+ diagnostics, NMS sweep)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_dataset_args, dataset_paths, device
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("eval", help="COCO AP/AR, D-ECE, reliability figures (+ diagnostics, NMS sweep)")
+    p.add_argument("--weights", required=True, help="checkpoint (.pt)")
+    add_dataset_args(p)
+    p.add_argument("--out", help="output folder (default: CKPT_DIR/eval)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in the main process)")
+    p.add_argument("--min-score", type=float, default=0.05, help="ECE leaves out lower scores (default 0.05)")
+    p.add_argument("--bins", type=int, default=10, help="ECE confidence bins (default 10)")
+    p.add_argument("--diagnostics", action="store_true",
+                   help="per-stage validation NLL and exp(-MCM) (paper Tables 4, 9)")
+    p.add_argument("--nms-sweep", action="store_true",
+                   help="AP/AR/ECE with class-wise NMS at IoU 0.5..0.9 and winner-take-all (Figure 7, Table 3)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decoder: pays on large datasets of one image size (see docs/benchmarks.md)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import CocoDetection, check_class_mapping
+    from ..evaluation import evaluate, format_diagnostics_table, format_metrics_table, format_nms_sweep_table
+    from ..models import detector_from_checkpoint
+
+    dev = device(args.device)
+    ann, images = dataset_paths(args)
+    if not ann.is_file():
+        raise FileNotFoundError(f"annotation file not found: {ann}")
+    if not images.is_dir():
+        raise FileNotFoundError(f"image folder not found: {images}")
+    model, ckpt = detector_from_checkpoint(args.weights, map_location="cpu")
+    model.optimize_for_inference(compile=args.compile)  # folded BatchNorms + channels_last: same detections
+    dataset = CocoDetection(ann, images, train=False)
+    check_class_mapping(dataset, ckpt, model.cfg.model.num_classes, args.weights)
+    out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
+    result = evaluate(model, dataset, out, batch_size=args.batch_size, device=dev, num_workers=args.workers,
+                      min_score=args.min_score, n_bins=args.bins, diagnostics=args.diagnostics,
+                      nms_sweep=args.nms_sweep, title=Path(args.weights).name)
+    metrics = {k: v for k, v in result.items() if k not in ("diagnostics", "nms_sweep")}
+    print(f"{len(dataset)} images of {ann}")
+    print(format_metrics_table(metrics))
+    if args.diagnostics:
+        print("\nvalidation NLL / MCM per stage (paper Tables 4, 9):")
+        print(format_diagnostics_table(result["diagnostics"]))
+    if args.nms_sweep:
+        print("\npost-processing sweep (paper Figure 7, Table 3):")
+        print(format_nms_sweep_table(result["nms_sweep"]))
+    print(f"\nwrote {out}/metrics.json, detections.json, reliability.png, confidence_histograms.png"
+          + (", diagnostics.json" if args.diagnostics else "") + (", nms_sweep.json" if args.nms_sweep else ""))
+    return 0

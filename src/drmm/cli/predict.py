@@ -1,0 +1,31 @@
+"""``drmm predict``: detect objects in images; annotated PNGs and one JSON per image."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import device
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("predict", help="detect objects in images; writes annotated PNGs and JSON")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    p.add_argument("--weights", required=True, help="checkpoint (.pt)")
+    p.add_argument("--out", help="output folder (default: predictions)")
+    p.add_argument("--threshold", type=float, default=0.3, help="minimum score drawn and saved (default 0.3)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--recursive", action="store_true", help="also search sub-folders of folder inputs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..predict import predict
+
+    dev = device(args.device)
+    out = Path(args.out) if args.out else Path("predictions")
+    summary = predict(args.weights, args.inputs, out, threshold=args.threshold, device=dev,
+                      recursive=args.recursive)
+    skipped = summary["skipped"]
+    print(f"{summary['images']} image(s), {summary['detections']} detection(s) >= {args.threshold:g} -> {out}/"
+          + (f"; skipped {len(skipped)} unreadable: {', '.join(skipped[:5])}" if skipped else ""))
+    return 0

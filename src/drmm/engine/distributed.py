@@ -1,0 +1,53 @@
+"""torch.distributed for training: start-up under torchrun and the collective decisions all ranks must share."""
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> tuple[int, int, torch.device | None]:
+    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU).
+
+    Returns ``(rank, world_size, device)``; ``(0, 1, None)`` for a single process.
+    ``device`` is this rank's GPU, or None on the CPU.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # generous timeout: the other ranks wait while rank 0 runs validation
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+    rank = dist.get_rank()
+    device = None
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return rank, world, device
+
+
+def _reduce_flag(flag: bool, device: torch.device, op: dist.ReduceOp) -> bool:
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=op)
+    return bool(t > 0)
+
+
+def on_every_rank(flag: bool, device: torch.device, world: int) -> bool:
+    """True when ``flag`` is true on every rank (a step all must agree to take, or DDP would hang)."""
+    return flag if world == 1 else _reduce_flag(flag, device, dist.ReduceOp.MIN)
+
+
+def on_any_rank(flag: bool, device: torch.device, world: int) -> bool:
+    """True on every rank when ``flag`` is true on any (so all ranks leave a loop together)."""
+    return flag if world == 1 else _reduce_flag(flag, device, dist.ReduceOp.MAX)
+
+
+def shutdown_distributed() -> None:
+    """Wait for every rank, then end the process group (nothing to do for a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,105 @@
+"""The reproduce report: the results table, the claims, ``results.md`` / ``results.json`` and the machine."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .claims import AP_GAP, AR_TOL, percent
+from .variants import LARGE_MAX_ITERS, VARIANTS
+
+
+def machine_info(device: str | None = None) -> dict[str, Any]:
+    """Platform, Python, CPU count, torch version and threads, device (and GPU name)."""
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": dev}
+    if dev.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(torch.device(dev))
+    return info
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+TABLE_HEADER = ("variant", "paper AP", "iters", "s/iter", "AP", "AP50", "AR100", "ECE", "AP NMS0.7", "AP WTA",
+                "exp(-MCM) last", "exp(-MCM) per stage")
+
+
+def format_table(rows: dict[str, dict[str, Any]], failed: dict[str, str] | None = None) -> str:
+    """Markdown table, one row per variant; AP/AR/ECE in percentage points, exp(-MCM) in 0..1."""
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |", "|" + "---|" * len(TABLE_HEADER)]
+    for name, r in rows.items():
+        stages = r.get("exp_neg_mcm_stages") or []
+        cells = [name, f"{VARIANTS[name].paper_ap:.1f}" if name in VARIANTS else "-",
+                 str(r["iterations"]) if r.get("iterations") is not None else "-", _f(r.get("seconds_per_iter"), 2),
+                 *(percent(r.get(k, float("nan"))) for k in ("AP", "AP50", "AR100", "ECE", "AP_nms0.7", "AP_wta")),
+                 _f(r.get("exp_neg_mcm_last")), " / ".join(_f(s) for s in stages) or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    for name, msg in (failed or {}).items():
+        lines.append(f"| {name} | " + " | ".join(["failed"] + ["-"] * (len(TABLE_HEADER) - 2)) + " |")
+    return "\n".join(lines)
+
+
+def format_claims(claims: list[dict[str, str]]) -> str:
+    """One line per claim: ``(id) VERDICT: claim. Ours: numbers. Paper: reference.``"""
+    return "\n".join(f"({c['id']}) {c['verdict'].upper()}: {c['claim']}. Ours: {c['numbers']}. Paper: {c['paper']}."
+                     for c in claims)
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    if budget["iters"] is not None:
+        return f"exactly {budget['iters']} training iterations per variant (no time limit)"
+    return (f"{budget['minutes']:g} minutes of training per variant (`train.time_limit_minutes`; "
+            f"`max_iters` {LARGE_MAX_ITERS}): a variant with a faster objective does more iterations, "
+            "which is part of the comparison; the iteration count depends on the machine and its load")
+
+
+def write_results(out: Path, report: dict[str, Any]) -> None:
+    """``OUT/results.md`` and ``OUT/results.json`` from :func:`drmm.reproduce.reproduce`'s report."""
+    from ..evaluation import write_json
+
+    write_json(out / "results.json", report)
+    m = report["machine"]
+    rows, failed = report["variants"], report.get("failed", {})
+    md = [
+        "# D-RMM reproduction: objective variants under one budget", "",
+        "```", report["command"], "```", "",
+        f"* machine: {m['platform']}, {m['cpu_count']} CPUs, Python {m['python']}, torch {m['torch']} "
+        f"({m['torch_threads']} threads), device {m['device']}" + (f" ({m['gpu']})" if m.get("gpu") else ""),
+        f"* budget: {_budget_text(report['budget'])}",
+        f"* base config: `{report['base_config']}`" + (f" with `--set {' '.join(report['overrides'])}`"
+                                                          if report["overrides"] else ""),
+        f"* seed {report['seed']}, data `{report['data']}`; same data, seed, architecture, learning rate, "
+        "schedule and budget for every variant. The Sparse R-CNN baseline uses the base config's learning "
+        f"rate ({report['lr']:g}) and schedule, not its COCO recipe's, to compare like with like at this scale.",
+        "* one training per variant, one seed, nothing tuned: differences of a point or so may be seed noise.", "",
+        "## Results", "",
+        format_table(rows, failed), "",
+        "AP, AP50, AR100 (COCO, top 100), ECE (D-ECE, IoU 0.5, 10 bins, scores >= 0.05) in percentage points on "
+        "the val split, from the last checkpoint. *AP NMS0.7*: after class-wise NMS at IoU 0.7; *AP WTA*: after "
+        "winner-take-all at IoU 0.7. *exp(-MCM)*: mean over val ground truths of max_k comp_k / sum_k comp_k, per "
+        "decoder stage (mixture variants only; for `nll_mcm_bipartite` the objective's matched component "
+        "replaces the max). *paper AP*: COCO val, R50, 36 epochs (the scale here is far smaller). *s/iter*: "
+        "training wall time per iteration, data loading included.", "",
+    ]
+    for name, msg in failed.items():
+        md.append(f"* `{name}` failed: {msg}")
+    if failed:
+        md.append("")
+    for name, note in report.get("notes", {}).items():
+        md.append(f"* `{name}`: {note}")
+    md += ["## The paper's claims", ""]
+    for c in report["claims"]:
+        md.append(f"* **({c['id']}) {c['verdict']}** - {c['claim']}. Ours: {c['numbers']}. Paper: {c['paper']}.")
+    md += ["", f"Thresholds: (b) 'well below' = at least {percent(AP_GAP)} AP points lower, 'similar' AR100 = "
+           f"within {percent(AR_TOL)} points; (a) uses >=, (c)-(e) strict comparisons. 'not run': a variant the "
+           "claim compares was not run; 'undefined': a value it needs is NaN.", "", "## Reliability diagrams", ""]
+    for name, r in rows.items():
+        md += [f"### {name}", "", f"![reliability diagram of {name}]({r['reliability']})", ""]
+    (out / "results.md").write_text("\n".join(md))
