@@ -337,15 +337,17 @@ def test_dynamic_conv_against_per_proposal_reference():
         torch.testing.assert_close(out[m], torch.relu(conv.norm3(conv.out(x.flatten()))), rtol=1e-5, atol=1e-5)
 
 
-def test_optimize_for_inference_keeps_the_detections():
+@pytest.mark.parametrize("norm", ["frozen", "bn"])
+def test_optimize_for_inference_keeps_the_detections(norm):
     cfg = Config()
     cfg.model.backbone, cfg.model.neck_channels, cfg.model.hidden_dim = "resnet18", 64, 64
+    cfg.model.backbone_norm = norm
     cfg.model.num_stages, cfg.model.num_proposals, cfg.model.min_size, cfg.model.max_size = 2, 20, 128, 160
     model = build_detector(cfg).eval()
     body = model.backbone.body
     with torch.no_grad():  # non-trivial frozen statistics, so folding them is not a no-op
         for m in body.modules():
-            if isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d):
+            if isinstance(m, (torchvision.ops.misc.FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
@@ -357,7 +359,8 @@ def test_optimize_for_inference_keeps_the_detections():
         model.optimize_for_inference()
         out, trace = model(images, return_stages=True)
         stages = trace.stages
-    assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in body.modules())  # all 20 folded
+    norms = (torchvision.ops.misc.FrozenBatchNorm2d, torch.nn.BatchNorm2d)
+    assert not any(isinstance(m, norms) for m in body.modules())  # all 20 folded
     assert body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(stages[-1].boxes, ref_stages[-1].boxes, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(stages[-1].class_logits, ref_stages[-1].class_logits, rtol=1e-4, atol=1e-4)
