@@ -1,4 +1,4 @@
-"""The ``drmm`` command: info, synth, train, demo, eval, predict, bench, reproduce (see ``drmm COMMAND --help``)."""
+"""The ``drmm`` command: info, synth, train, demo, eval, predict, bench, reproduce, convert-mmdet (see ``drmm COMMAND --help``)."""
 # One module per command, each with register(subparsers) (its parser; set_defaults(func=run))
 # and run(args) -> exit code; common.py holds what several commands share.
 from __future__ import annotations
@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from . import bench, demo, info, predict, reproduce, synth, train
+from . import bench, convert_mmdet, demo, info, predict, reproduce, synth, train
 from . import eval as eval_  # the module is named after its command
 
-COMMANDS = (info, synth, train, demo, eval_, predict, bench, reproduce)
+COMMANDS = (info, synth, train, demo, eval_, predict, bench, reproduce, convert_mmdet)
 """The command modules, in the order ``drmm --help`` lists them."""
 
 
