@@ -224,6 +224,13 @@ def test_trainer_sync_bn_on_cpus_is_a_clear_error(synth, tmp_path):
     assert r.returncode != 0 and "train.sync_bn needs GPUs" in r.stderr
 
 
+def test_resized_sizes_round_halves_up_as_mmcv():
+    """301 x 0.5 = 150.5: MMDetection's resize gives 151 (int(x + 0.5)); Python's round() would give 150."""
+    transform = build_detector(tiny_config(min_size=100, max_size=1333)).transform.eval()
+    _, sizes, _ = transform([torch.rand(3, 200, 301)])
+    assert sizes == [(100, 151)]
+
+
 # --- boxes leaving the image, swapped corners, unclipped outputs ----------------------------
 
 @pytest.mark.parametrize("arch,pooler", [("sparse_rcnn", "torchvision"), ("sparse_rcnn", "grid"),
