@@ -266,8 +266,13 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     return Config.from_dict(d, "overrides")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                written_by_drmm: bool = False) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``written_by_drmm``: the file is a run's resolved ``config.yaml`` (every key saved), so
+    keys it lacks were added later and get :data:`LEGACY_VALUES`, the behaviour it ran with.
+    """
     if path is None:
         return apply_overrides(Config(), overrides)
     path = Path(path)
@@ -277,6 +282,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from e
+    if written_by_drmm and isinstance(d, dict):
+        d = with_legacy_values(d)
     return apply_overrides(Config.from_dict(d, str(path)), overrides)
 
 
