@@ -21,7 +21,7 @@ COMMAND_FLAGS = {
               "--resume", "--device", "--no-progress"},
     "demo": {"--out", "--set"},
     "eval": {"--weights", "--data", "--split", "--ann", "--images", "--out", "--batch-size", "--device", "--workers",
-             "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile"},
+             "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
     "predict": {"--weights", "--out", "--threshold", "--device", "--recursive"},
     "bench": {"--weights", "--config", "--set", "--size", "--device", "--batch", "--runs", "--warmup", "--dtypes",
               "--threads", "--compile", "--no-optimize"},

@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from helpers import run_cli, tiny_config
 from torchvision import tv_tensors
 
-from drmm.config import DataConfig
-from drmm.data import CocoDetection, build_transforms, collate_fn, generate_synthetic
+from drmm.config import DataConfig, save_config
+from drmm.data import (CocoDetection, UnreadableImageError, build_dataset, build_transforms, collate_fn,
+                       generate_synthetic)
+from drmm.data.annotations import leaves_folder
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -149,22 +153,179 @@ def test_coco_skip_empty_and_eval(coco_dir):
     assert len(ev) == 7 and ev[6][1]["boxes"].shape == (0, 4) and ev[6][1]["labels"].shape == (0,)
 
 
-def test_coco_missing_and_corrupt_images(coco_dir):
+SKIP_HINT = "pass --set data.skip_unreadable=true"
+
+
+def test_coco_missing_images(coco_dir):
     coco = json.loads((coco_dir / "ann.json").read_text())
     coco["images"].append({"id": 99, "file_name": "nope.png", "width": 8, "height": 8})
     coco["annotations"].append({"id": 99, "image_id": 99, "category_id": 5, "bbox": [1, 1, 2, 2], "iscrowd": 0})
     (coco_dir / "missing.json").write_text(json.dumps(coco))
-    with pytest.raises(FileNotFoundError, match="nope.png"):
+    with pytest.raises(FileNotFoundError, match="nope.png: no such file") as e:
         CocoDetection(coco_dir / "missing.json", coco_dir)
+    assert SKIP_HINT in str(e.value) and "skip_unreadable=True" not in str(e.value)
     ds = CocoDetection(coco_dir / "missing.json", coco_dir, skip_unreadable=True)
-    assert ds.stats["unreadable"] == 1 and 99 not in ds.ids
+    assert ds.stats["unreadable"] == 1 and ds.stats["checked"] == 7 and 99 not in ds.ids
 
-    (coco_dir / "gray.png").write_bytes(b"not a png")
-    ds = CocoDetection(coco_dir / "ann.json", coco_dir)
-    with pytest.raises(RuntimeError, match="gray.png"):
-        ds[1]
+
+def _truncate(path: Path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def test_header_check_finds_broken_files_before_use(coco_dir):
+    """A .png of random bytes and a PNG cut after its header: one line each, at construction."""
+    (coco_dir / "gray.png").write_bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes())
+    _truncate(coco_dir / "pal.png", 60)  # signature + IHDR chunk (33 bytes) + the start of the next one
+    with pytest.raises(UnreadableImageError) as e:
+        CocoDetection(coco_dir / "ann.json", coco_dir)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot read image {coco_dir / 'gray.png'}: not an image file") and "\n" not in msg
+    assert "2 of the 6 images used from" in msg and msg.endswith(f"{SKIP_HINT} to skip unreadable images)")
     ds = CocoDetection(coco_dir / "ann.json", coco_dir, skip_unreadable=True)
-    assert ds[1][1]["image_id"] == 30 and ds.stats["unreadable"] == 1  # the next readable image
+    assert ds.ids == [10, 30, 50, 60] and (ds.stats["checked"], ds.stats["unreadable"]) == (6, 2)
+    Image.new("L", (20, 16), 77).save(coco_dir / "gray.png")  # fixed: the truncated PNG is next
+    with pytest.raises(UnreadableImageError, match="pal.png: Truncated File Read .1 of the 6 images"):
+        CocoDetection(coco_dir / "ann.json", coco_dir)
+    assert CocoDetection(coco_dir / "ann.json", coco_dir, train=False, skip_unreadable=True).stats["checked"] == 7
+
+
+@pytest.fixture
+def late_failure(coco_dir):
+    """exif.jpg (image 60) replaced by a JPEG cut in its pixel data: the header check passes, decoding fails."""
+    noise = np.random.default_rng(0).integers(0, 256, (40, 20, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(coco_dir / "exif.jpg", quality=95)
+    data = (coco_dir / "exif.jpg").read_bytes()
+    start_of_scan = data.index(b"\xff\xda")
+    _truncate(coco_dir / "exif.jpg", start_of_scan + (len(data) - start_of_scan) // 2)
+    return coco_dir
+
+
+def test_decoding_failure_is_one_line_also_from_a_worker(late_failure):
+    ds = CocoDetection(late_failure / "ann.json", late_failure)
+    assert len(ds) == 6 and ds.stats["unreadable"] == 0
+    expected = f"cannot read image {late_failure / 'exif.jpg'}: image file is truncated"
+    with pytest.raises(UnreadableImageError, match="^" + re.escape(expected)):
+        ds[5]
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=collate_fn)
+    with pytest.raises(UnreadableImageError) as e:
+        list(loader)
+    msg = str(e.value)
+    assert msg.startswith(expected) and msg.endswith(f"{SKIP_HINT} to skip unreadable images)")
+    assert "\n" not in msg and "Traceback" not in msg and "worker" not in msg
+
+    ds = CocoDetection(late_failure / "ann.json", late_failure, skip_unreadable=True)
+    assert ds[5][1]["image_id"] == 10 and ds.stats["unreadable"] == 1  # the next readable image, wrapping round
+
+
+def test_train_reports_an_undecodable_image_in_one_line(late_failure, tmp_path):
+    cfg = tiny_config(min_size=64, max_size=64)
+    cfg.train.batch_size, cfg.train.max_iters, cfg.train.num_workers = 3, 2, 1
+    cfg.train.lr_steps, cfg.train.lr_steps_unit, cfg.train.eval_interval = [], "iter", 0
+    save_config(cfg, tmp_path / "cfg.yaml")
+    args = ("train", "--config", tmp_path / "cfg.yaml", "--train-ann", late_failure / "ann.json",
+            "--train-images", late_failure, "--out", tmp_path / "run", "--no-progress")
+    code, _, err = run_cli(*args)
+    line = (f"drmm train: error: cannot read image {late_failure / 'exif.jpg'}: image file is truncated "
+            f"(NN bytes not processed) (fix or remove the file, or {SKIP_HINT} to skip unreadable images)\n")
+    assert code == 2 and re.fullmatch(re.escape(line).replace("NN", r"\d+"), err), err
+    code, out, err = run_cli(*args, "--set", "data.skip_unreadable=true")
+    assert code == 0 and err == "" and "trained 2 iterations" in out
+
+
+def test_eval_takes_the_data_options(late_failure, tmp_path):
+    from drmm import build_detector
+    from drmm.engine.checkpoint import atomic_save, make_checkpoint
+
+    cfg = tiny_config(min_size=64, max_size=64)
+    atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), ["c5", "c11", "c42"], [5, 11, 42]), tmp_path / "m.pt")
+    args = ("eval", "--weights", tmp_path / "m.pt", "--ann", late_failure / "ann.json", "--images", late_failure,
+            "--out", tmp_path / "ev", "--workers", 0)
+    code, _, err = run_cli(*args)
+    assert code == 2 and "drmm eval: error: cannot read image" in err and SKIP_HINT in err
+    code, out, err = run_cli(*args, "--set", "data.skip_unreadable=true")
+    assert code == 0 and "7 images of" in out
+    code, _, err = run_cli(*args, "--set", "model.num_stages=1")
+    assert code == 2 and err == ("drmm eval: error: --set model.num_stages=1: only data.* keys can be set here "
+                                 "(the checkpoint carries the rest)\n")
+
+
+def _edited(coco_dir: Path, edit) -> Path:
+    """A copy of the fixture's annotation file after ``edit(dict)``."""
+    d = json.loads((coco_dir / "ann.json").read_text())
+    edit(d)
+    (coco_dir / "edited.json").write_text(json.dumps(d))
+    return coco_dir / "edited.json"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["images"].append({"id": 10, "file_name": "gray.png"}),
+     r"images\[7\] \{'id': 10, 'file_name': 'gray.png'\} repeats the id 10 of images\[0\] .*give every image its own id"),
+    (lambda d: d["annotations"].append(dict(d["annotations"][2], bbox=[1, 1, 3, 3])),
+     r"annotations\[11\] .* repeats the id 3 of annotations\[2\] .*give every annotation its own id"),
+    (lambda d: d["categories"].append({"id": 5, "name": "c5 again"}),
+     r"categories\[3\] \{'id': 5, 'name': 'c5 again'\} repeats the id 5 of categories\[1\] .*list each category once"),
+    (lambda d: d["categories"].append({"id": 6, "name": "c11"}),
+     r"categories\[3\] \{'id': 6, 'name': 'c11'\} repeats the name 'c11' of categories\[2\] \{'id': 11"),
+    (lambda d: d["annotations"][4].update(image_id="10"), r"annotations\[4\] has image_id '10'; ids must be integers"),
+    (lambda d: d["images"][1].update(id=2.0), r"images\[1\] has id 2.0; ids must be integers"),
+])
+def test_duplicate_and_malformed_entries_are_errors_naming_them(coco_dir, edit, message):
+    with pytest.raises(ValueError, match=r"edited.json: " + message):
+        CocoDetection(_edited(coco_dir, edit), coco_dir)
+
+
+def test_annotations_of_unknown_images_are_counted_and_skipped(coco_dir, caplog):
+    def edit(d):
+        d["annotations"].insert(3, {"id": 50, "image_id": 999, "category_id": 5, "bbox": [1, 1, 4, 4]})
+        d["annotations"].append({"id": 51, "image_id": 998, "category_id": 5, "bbox": [1, 1, 4, 4]})
+
+    with caplog.at_level(logging.WARNING, logger="drmm.data"):
+        ds = CocoDetection(_edited(coco_dir, edit), coco_dir)
+    assert ds.stats["unknown_image"] == 2 and ds.stats["annotations"] == 11  # the 11 of known images
+    assert "skipped 2 annotation(s) of image ids not in 'images', e.g. annotations[3] (image_id 999)" in caplog.text
+    assert ds.ids == [10, 20, 30, 40, 50, 60]
+
+
+def test_annotation_ids_missing_are_assigned(coco_dir):
+    def edit(d):
+        del d["annotations"][0]["id"], d["annotations"][5]["id"]
+
+    ds = CocoDetection(_edited(coco_dir, edit), coco_dir)
+    assert ds.stats["ids_assigned"] == 2
+    ids = [a["id"] for a in ds.coco.dataset["annotations"]]
+    assert ids[0] == 12 and ids[5] == 13 and len(set(ids)) == 11  # after the largest id, 11
+
+
+@pytest.mark.parametrize("name, outside", [
+    ("a.png", False), ("sub/../a.png", False), ("./a.png", False), ("..a.png", False),
+    ("../a.png", True), ("sub/../../a.png", True), ("/abs/a.png", True), ("C:\\data\\a.png", True),
+    ("..\\a.png", True),
+])
+def test_leaves_folder(name, outside):
+    assert leaves_folder(name) is outside
+
+
+def test_paths_leaving_the_image_folder_are_refused_unless_allowed(tmp_path):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "images" / "in.png")
+    Image.new("RGB", (20, 10), (0, 255, 0)).save(tmp_path / "up.png")
+    Image.new("RGB", (20, 10), (0, 0, 255)).save(tmp_path / "abs.png")
+    names = ["in.png", "../up.png", str(tmp_path / "abs.png")]
+    coco = {"images": [{"id": i + 1, "file_name": n} for i, n in enumerate(names)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in range(3)],
+            "categories": [{"id": 1, "name": "thing"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError) as e:
+        CocoDetection(tmp_path / "ann.json", tmp_path / "images")
+    assert str(e.value) == (f"{tmp_path / 'ann.json'}: images[1] has file_name '../up.png', outside the image folder "
+                            f"{tmp_path / 'images'} (2 such image(s); fix the file name, or pass "
+                            "--set data.allow_outside_paths=true to allow it)")
+    ds = CocoDetection(tmp_path / "ann.json", tmp_path / "images", allow_outside_paths=True)
+    assert ds.stats["outside_paths"] == 2 and len(ds) == 3
+    assert [ds[i][0][:, 0, 0].tolist() for i in range(3)] == [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    cfg = DataConfig()
+    cfg.allow_outside_paths = True
+    assert len(build_dataset(cfg, tmp_path / "ann.json", tmp_path / "images")) == 3
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"images": []}', '{"images": [{"id": 1}], "categories": []}'])

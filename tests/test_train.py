@@ -3,14 +3,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import tiny_config
+from PIL import Image
 
 from drmm.config import load_config, save_config
 from drmm.data import generate_synthetic
+from drmm.engine.runlog import cut_log
 from drmm.engine.sampling import EpochBatchSampler
 from drmm.engine.schedule import lr_factor
 from drmm.engine.train import DataPaths, Trainer, train
@@ -73,6 +76,61 @@ def test_resume_is_exact(synth, tmp_path):
     losses = lambda d: [r["loss"] for r in map(json.loads, (d / "log.jsonl").read_text().splitlines())
                         if r["type"] == "train"]
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def _logged_steps(log: Path, kind: str = "train") -> list[int]:
+    rows = []
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written
+            pass
+    return [r["step"] for r in rows if r["type"] == kind]
+
+
+def test_cut_log_keeps_rows_up_to_the_step(tmp_path):
+    log = tmp_path / "log.jsonl"
+    rows = [{"type": "train", "step": 1, "loss": 2.5}, {"type": "train", "step": 2, "loss": 2.0},
+            {"type": "val", "step": 2, "AP": 0.1}, {"type": "train", "step": 3, "loss": 1.5}]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    log.write_text(text + '{"type": "train", "st')  # the last line cut short by a kill
+    assert cut_log(log, 2) == (rows[:3], 2)
+    assert log.read_text() == "".join(json.dumps(r) + "\n" for r in rows[:3])
+    assert cut_log(log, 5) == (rows[:3], 0) and cut_log(tmp_path / "none.jsonl", 5) == ([], 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl"]
+
+
+def test_resume_after_a_kill_logs_each_step_once(synth, tmp_path):
+    """`drmm train` killed (SIGKILL) between two checkpoints, then resumed: no step is logged twice."""
+    cfg = small_cfg(max_iters=200, checkpoint_interval=10, eval_interval=10)
+    save_config(cfg, tmp_path / "cfg.yaml")
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    cmd = [sys.executable, "-m", "drmm", "train", "--config", tmp_path / "cfg.yaml", "--data", synth, "--out", run,
+           "--no-progress", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not ((run / "last.pt").is_file() and _logged_steps(run / "log.jsonl")[-1:] in ([13], [14], [15])):
+            assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
+            time.sleep(0.01)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+    assert load_checkpoint(run / "last.pt")["step"] == 10
+    assert _logged_steps(run / "log.jsonl")[-1] > 10 and _logged_steps(run / "log.jsonl", "val") == [10]
+    (run / "loss.png").write_text("a stale plot")
+
+    resumed = Trainer(load_config(run / "config.yaml", ["train.max_iters=16"]), DataPaths.from_dir(synth), run,
+                      resume=True, progress=False)
+    assert _logged_steps(run / "log.jsonl") == list(range(1, 11))  # cut back to the checkpoint on resume
+    with Image.open(run / "loss.png") as png:  # and the plot redrawn from it
+        assert png.format == "PNG"
+    resumed.fit()
+    assert _logged_steps(run / "log.jsonl") == list(range(1, 17))
+    assert _logged_steps(run / "log.jsonl", "val") == [10, 16]
+    Trainer(load_config(run / "config.yaml"), DataPaths.from_dir(synth), run, resume=True, progress=False).fit()
+    assert _logged_steps(run / "log.jsonl", "val") == [10, 16]  # a finished run resumed: its last row not again
 
 
 def test_nonfinite_steps_are_skipped_then_stop(synth, tmp_path, monkeypatch):

@@ -140,6 +140,7 @@ class DataConfig:
     crop_size: list[int] = field(default_factory=lambda: [384, 600])
     skip_empty: bool = True  # leave images without boxes out of training
     skip_unreadable: bool = False  # count and skip unreadable images instead of failing
+    allow_outside_paths: bool = False  # accept image file names that are absolute or climb out with ..
 
 
 @dataclass

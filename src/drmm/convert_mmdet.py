@@ -159,7 +159,8 @@ def load_released(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], 
             "objects; if you trust the file, save only its tensors with torch.save({'state_dict': "
             "torch.load(path, weights_only=False)['state_dict']}, new_path) and convert that") from e
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict (a state dict or {{'meta', 'state_dict'}}), got {type(obj).__name__}")
+        raise ValueError(f"{path}: expected a dict (a state dict or {{'meta', 'state_dict'}}), "
+                         f"got {type(obj).__name__}")
     if "state_dict" in obj:
         state, meta = obj["state_dict"], obj.get("meta") or {}
         ignored = sorted(str(k) for k in obj if k != "state_dict")

@@ -17,6 +17,16 @@ def add_set_option(p: argparse.ArgumentParser, help: str | None = "override a co
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
+def data_options(overrides: list[str]):
+    """:class:`~drmm.config.DataConfig` from ``--set data.KEY=VALUE`` (for commands reading a checkpoint)."""
+    from ..config import Config, apply_overrides
+
+    other = [o for o in overrides if not o.startswith("data.")]
+    if other:
+        raise ValueError(f"--set {other[0]}: only data.* keys can be set here (the checkpoint carries the rest)")
+    return apply_overrides(Config(), overrides).data
+
+
 def device(name: str) -> torch.device:
     """``--device NAME`` as a device; an error when it names CUDA on a machine without it."""
     dev = torch.device(name)

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import CocoDetection, generate_synthetic
+    from ..data import build_dataset, generate_synthetic
     from ..evaluation import evaluate
     from ..engine.train import DataPaths, train
     from ..models import detector_from_checkpoint
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     ckpt = out / "run" / "last.pt"
     print("3/4 evaluating on the validation set")
     model, _ = detector_from_checkpoint(ckpt)
-    val = CocoDetection(data_dir / "annotations/val.json", data_dir / "val", train=False)
+    val = build_dataset(cfg.data, data_dir / "annotations/val.json", data_dir / "val", train=False)
     metrics = evaluate(model, val, out / "eval", batch_size=8, progress=True)
     print("4/4 drawing predictions on 4 validation images")
     images = [data_dir / "val" / val.coco.imgs[i]["file_name"] for i in val.ids[:4]]

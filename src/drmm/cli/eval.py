@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_dataset_args, dataset_paths, device
+from .common import add_dataset_args, add_set_option, data_options, dataset_paths, device
 
 
 def register(subparsers) -> None:
@@ -23,15 +23,17 @@ def register(subparsers) -> None:
                    help="AP/AR/ECE with class-wise NMS at IoU 0.5..0.9 and winner-take-all (Figure 7, Table 3)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder: pays on large datasets of one image size (see docs/benchmarks.md)")
+    add_set_option(p, help="a data option, e.g. --set data.skip_unreadable=true (data.* keys only; repeatable)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import CocoDetection, check_class_mapping
+    from ..data import build_dataset, check_class_mapping
     from ..evaluation import evaluate, format_diagnostics_table, format_metrics_table, format_nms_sweep_table
     from ..models import detector_from_checkpoint
 
     dev = device(args.device)
+    data_cfg = data_options(args.overrides)
     ann, images = dataset_paths(args)
     if not ann.is_file():
         raise FileNotFoundError(f"annotation file not found: {ann}")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"image folder not found: {images}")
     model, ckpt = detector_from_checkpoint(args.weights, map_location="cpu")
     model.optimize_for_inference(compile=args.compile)  # folded BatchNorms + channels_last: same detections
-    dataset = CocoDetection(ann, images, train=False)
+    dataset = build_dataset(data_cfg, ann, images, train=False)
     check_class_mapping(dataset, ckpt, model.cfg.model.num_classes, args.weights)
     out = Path(args.out) if args.out else Path(args.weights).resolve().parent / "eval"
     result = evaluate(model, dataset, out, batch_size=args.batch_size, device=dev, num_workers=args.workers,

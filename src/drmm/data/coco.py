@@ -1,18 +1,23 @@
-"""COCO-format detection dataset: robust annotation cleaning and image decoding.
+"""COCO-format detection dataset: checked annotations, checked image files, robust decoding.
 
+The annotation file is checked first (:mod:`drmm.data.annotations`: ids, duplicate
+entries, image paths leaving the image folder, each an error naming the entry).
 Boxes are cleaned once at construction (crowd regions dropped, degenerate or
-non-finite boxes skipped, boxes clipped to the image) and the counts are logged to
-the ``drmm.data`` logger and kept in ``dataset.stats``. Images go through
-``ImageOps.exif_transpose`` and any PIL mode (L, RGBA, P, 16-bit, ...) becomes RGB
-uint8; boxes are taken to be in the frame of the image as a viewer shows it, i.e.
-after the EXIF rotation.
+non-finite boxes and annotations of unknown images or categories skipped, boxes
+clipped to the image) and the counts are logged to the ``drmm.data`` logger and
+kept in ``dataset.stats``. Images go through ``ImageOps.exif_transpose`` and any
+PIL mode (L, RGBA, P, 16-bit, ...) becomes RGB uint8; boxes are taken to be in the
+frame of the image as a viewer shows it, i.e. after the EXIF rotation.
 
-Unreadable images: listed files that do not exist are found at construction (one
-``stat`` per image). By default that is an error naming the file; with
-``skip_unreadable=True`` they are left out and counted. A file that exists but fails
-to decode raises ``RuntimeError`` naming it at access; with ``skip_unreadable=True``
-it is logged, counted (in that process) and the next readable image is returned,
-so an epoch never dies on one bad file.
+Unreadable images: every used image's header is checked at construction
+(:func:`~drmm.data.images.check_image`, no pixel decoding; a progress bar on large
+sets). A missing or broken file is an error naming it (``FileNotFoundError`` or
+:class:`~drmm.data.images.UnreadableImageError`); with ``skip_unreadable=True``
+(``--set data.skip_unreadable=true`` on the command line) such images are left out
+and counted. A file that passes the check but fails to decode (damaged pixel data)
+raises ``UnreadableImageError`` at access, a one-line message also from a DataLoader
+worker; with ``skip_unreadable=True`` it is logged, counted (in that process) and
+the next readable image is returned, so an epoch never dies on one bad file.
 
 :func:`check_class_mapping` checks that a dataset's categories are the ones a
 checkpoint was trained on (``drmm eval``, ``drmm reproduce``).
@@ -21,62 +26,30 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
+from tqdm import tqdm
+
+from ..config import DataConfig
+from .annotations import assign_missing_ids, leaves_folder, load_annotations
+from .images import NO_SUCH_FILE, SKIP_OPTION, SKIP_REMEDY, UnreadableImageError, check_image, load_rgb, unreadable
 
 logger = logging.getLogger("drmm.data")
 
 Target = dict[str, Any]
 
+PROGRESS_MIN_IMAGES = 1000
+"""The header check shows a progress bar from this many images on (and after one second)."""
 
-def _load_json(ann_file: Path) -> dict[str, Any]:
-    """Read a COCO annotation file, failing with ``ValueError`` naming it if it is not one."""
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{ann_file}: not valid JSON: {e}") from e
-    if not isinstance(d, dict):
-        raise ValueError(f"{ann_file}: not a COCO annotation file (top level is {type(d).__name__}, not an object)")
-    d.setdefault("annotations", [])
-    required = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id"), "categories": ("id", "name")}
-    for key, fields in required.items():
-        items = d.get(key)
-        if not isinstance(items, list):
-            raise ValueError(f"{ann_file}: not a COCO annotation file (missing list {key!r})")
-        for item in items:
-            if not isinstance(item, dict) or any(k not in item for k in fields):
-                raise ValueError(f"{ann_file}: not a COCO annotation file ({key!r} entry without {fields}: {item!r:.200})")
-    if not d["categories"]:
-        raise ValueError(f"{ann_file}: no categories")
-    return d
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as an upright RGB uint8 PIL image, whatever its mode (16-bit scaled, not clipped)."""
-    with Image.open(path) as f:
-        img = ImageOps.exif_transpose(f)  # a loaded copy, so the file can be closed
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.min() >= 0 and a.max() <= 65535):
-            a = a / 257.0
-        else:  # 32-bit int or float data of unknown range: stretch to 0..255
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(np.round(a).astype(np.uint8), "L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")  # drops alpha, expands L / P / CMYK / ...
+OUTSIDE_REMEDY = "fix the file name, or pass --set data.allow_outside_paths=true to allow it"
+"""What a user can do about an image path leaving the image folder (``allow_outside_paths=True`` in Python)."""
 
 
 class CocoDetection(torch.utils.data.Dataset):
@@ -97,31 +70,43 @@ class CocoDetection(torch.utils.data.Dataset):
         *,
         skip_empty: bool = True,
         skip_unreadable: bool = False,
+        allow_outside_paths: bool = False,
         train: bool = True,
+        progress: bool = True,
     ) -> None:
+        """Load and check ``ann_file`` and the images it lists under ``image_dir``.
+
+        ``skip_unreadable`` (``--set data.skip_unreadable=true``): leave out and count
+        missing or undecodable images instead of failing. ``allow_outside_paths``
+        (``--set data.allow_outside_paths=true``): accept absolute image file names and
+        ones climbing out of ``image_dir`` with ``..``. ``skip_empty``: leave images
+        without boxes out of training (``train=False`` keeps every image).
+        ``progress``: a progress bar for the header check of large sets.
+        """
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.transforms = transforms
         self.skip_unreadable = skip_unreadable
         self.train = train
 
+        keys = ("annotations", "crowd", "degenerate", "nonfinite", "invalid", "unknown_category", "unknown_image",
+                "ids_assigned", "clipped", "outside", "images", "images_empty", "skipped_empty",
+                "outside_paths", "checked", "unreadable")
+        self.stats: dict[str, int] = dict.fromkeys(keys, 0)
+        dataset = load_annotations(self.ann_file)
+        self.stats["ids_assigned"] = assign_missing_ids(dataset["annotations"])
+        self._check_paths(dataset["images"], allow_outside_paths)
         self.coco = COCO()
-        self.coco.dataset = _load_json(self.ann_file)
+        self.coco.dataset = dataset
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
             self.coco.createIndex()
-        cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
+        cats = sorted(dataset["categories"], key=lambda c: c["id"])
         self.cat_ids: list[int] = [int(c["id"]) for c in cats]
         self.class_names: list[str] = [str(c["name"]) for c in cats]
         self._cat_to_label = {c: i for i, c in enumerate(self.cat_ids)}
-        if len(self._cat_to_label) != len(self.cat_ids):
-            raise ValueError(f"{self.ann_file}: duplicate category ids")
+        self._count_unknown_images(dataset["annotations"])
 
-        keys = ("annotations", "crowd", "degenerate", "nonfinite", "invalid", "unknown_category",
-                "clipped", "outside", "images", "images_empty", "skipped_empty", "unreadable")
-        self.stats: dict[str, int] = dict.fromkeys(keys, 0)
         self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.ids: list[int] = []
-        missing: list[Path] = []
         for img_id in sorted(self.coco.imgs):
             info = self.coco.imgs[img_id]
             boxes, labels = self._clean(info, self.coco.imgToAnns.get(img_id, []))
@@ -131,22 +116,58 @@ class CocoDetection(torch.utils.data.Dataset):
                 if train and skip_empty:
                     self.stats["skipped_empty"] += 1
                     continue
-            if not (self.image_dir / info["file_name"]).is_file():
-                missing.append(self.image_dir / info["file_name"])
-                continue
             self._targets[img_id] = (boxes, labels)
-            self.ids.append(img_id)
-        if missing and not skip_unreadable:
-            raise FileNotFoundError(
-                f"cannot read image {missing[0]}: no such file ({len(missing)} image(s) listed in "
-                f"{self.ann_file} are missing; pass skip_unreadable=True to skip them)")
-        self.stats["unreadable"] = len(missing)
+        self.ids: list[int] = self._check_files(list(self._targets), skip_unreadable, progress)
         self._bad: set[int] = set()
         self._warned_size = False
         logger.info("%s: %d images used, %d classes; %s", self.ann_file, len(self.ids), len(self.cat_ids),
                     ", ".join(f"{k}={v}" for k, v in self.stats.items()))
-        if missing:
-            logger.warning("%s: skipped %d missing image(s), e.g. %s", self.ann_file, len(missing), missing[0])
+
+    def _check_paths(self, images: list[dict[str, Any]], allow: bool) -> None:
+        """Refuse (or, when ``allow``, count) image file names that leave the image folder."""
+        outside = [(i, im["file_name"]) for i, im in enumerate(images) if leaves_folder(im["file_name"])]
+        self.stats["outside_paths"] = len(outside)
+        if outside and not allow:
+            i, name = outside[0]
+            raise ValueError(f"{self.ann_file}: images[{i}] has file_name {name!r}, outside the image folder "
+                             f"{self.image_dir} ({len(outside)} such image(s); {OUTSIDE_REMEDY})")
+        if outside:
+            logger.warning("%s: %d image file name(s) outside %s, e.g. %r (allowed)", self.ann_file, len(outside),
+                           self.image_dir, outside[0][1])
+
+    def _count_unknown_images(self, annotations: list[dict[str, Any]]) -> None:
+        """Count (and warn once about) annotations whose ``image_id`` is not in ``images``; they are skipped."""
+        unknown = [i for i, a in enumerate(annotations) if a["image_id"] not in self.coco.imgs]
+        self.stats["unknown_image"] = len(unknown)
+        if unknown:
+            i = unknown[0]
+            logger.warning("%s: skipped %d annotation(s) of image ids not in 'images', e.g. annotations[%d] "
+                           "(image_id %r)", self.ann_file, len(unknown), i, annotations[i]["image_id"])
+
+    def _check_files(self, ids: list[int], skip_unreadable: bool, progress: bool) -> list[int]:
+        """The ``ids`` whose image passes :func:`check_image`; the others are an error or skipped and counted."""
+        bad: list[tuple[Path, str]] = []
+        kept: list[int] = []
+        bar = tqdm(ids, desc="checking images", unit="img", delay=1.0,
+                   disable=not progress or len(ids) < PROGRESS_MIN_IMAGES)
+        for img_id in bar:
+            path = self.image_dir / self.coco.imgs[img_id]["file_name"]
+            reason = check_image(path)
+            if reason is None:
+                kept.append(img_id)
+            else:
+                bad.append((path, reason))
+        self.stats["checked"], self.stats["unreadable"] = len(ids), len(bad)
+        if bad and not skip_unreadable:
+            path, reason = bad[0]
+            count = f"{len(bad)} of the {len(ids)} images used from {self.ann_file} cannot be read"
+            if reason == NO_SUCH_FILE:
+                raise FileNotFoundError(f"cannot read image {path}: {reason} ({count}; restore the file or fix "
+                                        f"its file_name, or {SKIP_OPTION})")
+            raise UnreadableImageError(f"cannot read image {path}: {reason} ({count}; {SKIP_REMEDY})")
+        if bad:
+            logger.warning("%s: skipped %d unreadable image(s), e.g. %s: %s", self.ann_file, len(bad), *bad[0])
+        return kept
 
     def _clean(self, info: dict[str, Any], anns: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Usable xyxy boxes and labels of one image, counting what is dropped or changed."""
@@ -201,7 +222,7 @@ class CocoDetection(torch.utils.data.Dataset):
         try:
             img = load_rgb(path)
         except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-            raise RuntimeError(f"cannot read image {path}: {e}") from e
+            raise unreadable(path, e) from e
         image = tv_tensors.Image(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
         h, w = image.shape[-2:]
         info = self.coco.imgs[img_id]
@@ -231,12 +252,13 @@ class CocoDetection(torch.utils.data.Dataset):
             try:
                 image, target = self._load(i)
                 break
-            except RuntimeError as e:
+            except UnreadableImageError as e:
                 if not self.skip_unreadable:
                     raise
                 self._bad.add(i)
                 self.stats["unreadable"] += 1
-                logger.warning("skipping unreadable image: %s", e)
+                logger.warning("skipping unreadable image %s: %s", self.coco.imgs[self.ids[i]]["file_name"],
+                               e.__cause__ or e)
         else:
             raise RuntimeError(f"no readable image left in {self.image_dir} ({self.ann_file})")
         if self.transforms is not None:
@@ -245,6 +267,15 @@ class CocoDetection(torch.utils.data.Dataset):
         image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
         target["boxes"] = target["boxes"].as_subclass(torch.Tensor).float().reshape(-1, 4)
         return image, target
+
+
+def build_dataset(cfg: DataConfig, ann_file: str | Path, image_dir: str | Path,
+                  transforms: Callable[[Any, Target], tuple[Any, Target]] | None = None, *, train: bool = True,
+                  progress: bool = True) -> CocoDetection:
+    """A :class:`CocoDetection` with the data options of ``cfg`` (skip_empty, skip_unreadable, allow_outside_paths)."""
+    return CocoDetection(ann_file, image_dir, transforms, skip_empty=cfg.skip_empty,
+                         skip_unreadable=cfg.skip_unreadable, allow_outside_paths=cfg.allow_outside_paths,
+                         train=train, progress=progress)
 
 
 def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:

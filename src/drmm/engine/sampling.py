@@ -40,7 +40,8 @@ class EpochBatchSampler:
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
         self.global_batch = batch_size * world
         if n < self.global_batch:
-            raise ValueError(f"the training set has {n} images, fewer than one batch ({self.global_batch})")
+            raise ValueError(f"the training set has {n} images, fewer than one batch ({self.global_batch}); "
+                             "pass a smaller --set train.batch_size=N")
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

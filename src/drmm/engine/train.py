@@ -8,11 +8,11 @@ position in the epoch, so ``resume`` continues exactly where the run stopped.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
+import traceback
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +25,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, save_config
-from ..data import CocoDetection, build_transforms, collate_fn
+from ..data import UnreadableImageError, build_dataset, build_transforms, collate_fn
 from ..evaluation.coco import coco_evaluate, to_coco_results
 from ..evaluation.inference import run_inference
 from ..models import build_detector, load_checkpoint
 from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
+from .runlog import append_row, cut_log
 from .sampling import EpochBatchSampler, SeededSamples
 from .schedule import lr_factor
 
@@ -74,15 +75,16 @@ class Trainer:
         if t.threads and self.device.type == "cpu":
             torch.set_num_threads(t.threads)
 
-        self.train_set = CocoDetection(data.train_ann, data.train_images, build_transforms(cfg.data, True),
-                                       skip_empty=cfg.data.skip_empty, skip_unreadable=cfg.data.skip_unreadable)
+        show = progress and self.is_main
+        self.train_set = build_dataset(cfg.data, data.train_ann, data.train_images, build_transforms(cfg.data, True),
+                                       progress=show)
         self.val_set = None
         if data.val_ann is not None:
-            self.val_set = CocoDetection(data.val_ann, data.val_images, None, train=False,
-                                         skip_unreadable=cfg.data.skip_unreadable)
+            self.val_set = build_dataset(cfg.data, data.val_ann, data.val_images, train=False, progress=show)
             if self.val_set.cat_ids != self.train_set.cat_ids:
                 raise ValueError(f"{data.val_ann}: categories {self.val_set.cat_ids} differ from "
-                                 f"the training set's {self.train_set.cat_ids}")
+                                 f"the training set's {self.train_set.cat_ids} (give the validation file "
+                                 "of the same dataset, or fix its categories)")
         if cfg.model.num_classes != self.train_set.num_classes:
             logger.info("num_classes set to %d from %s", self.train_set.num_classes, data.train_ann)
             cfg.model.num_classes = self.train_set.num_classes
@@ -93,7 +95,8 @@ class Trainer:
         if self.world > 1 and t.sync_bn:
             if self.device.type == "cpu":
                 raise ValueError("train.sync_bn needs GPUs: torch runs SyncBatchNorm under DDP on GPUs only "
-                                 "(train.sync_bn=false: each process normalises with its own batch statistics)")
+                                 "(each process then normalises with its own batch statistics); "
+                                 "pass --set train.sync_bn=false")
             self.model, n = sync_batchnorm(self.model)
             logger.info("train.sync_bn: %d BatchNorm layers synchronised across %d processes", n, self.world)
         self.ddp = None
@@ -109,11 +112,12 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, t, self.steps_per_epoch))
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
-            raise ValueError("train.amp=fp16 needs a GPU; use bf16 or none on the CPU")
+            raise ValueError("train.amp=fp16 needs a GPU; on the CPU pass --set train.amp=bf16 (or none)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
+        self.last_val_step = -1  # the step of the last "val" row in log.jsonl
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -138,7 +142,8 @@ class Trainer:
         path = self.out / "last.pt"
         ckpt = load_checkpoint(path, "cpu")  # RNG states must stay CPU tensors; load_state_dict moves the rest
         if "optimizer" not in ckpt:
-            raise RuntimeError(f"{path} holds no training state; cannot resume from it")
+            raise RuntimeError(f"{path} holds no training state; cannot resume from it (start a new run: "
+                               "another --out, without --resume)")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -147,12 +152,25 @@ class Trainer:
         self.step, self.best = ckpt["step"], ckpt["best_metric"]
         self.nonfinite, self.nonfinite_total = ckpt["nonfinite"], ckpt["nonfinite_total"]
         logger.info("resumed from %s at iteration %d", path, self.step)
+        if self.is_main:
+            self._cut_log()
+
+    def _cut_log(self) -> None:
+        """Drop the log rows past the checkpoint (the resumed run writes them again) and redraw loss.png."""
+        rows, removed = cut_log(self.out / "log.jsonl", self.step)
+        if removed:
+            logger.info("log.jsonl: removed %d row(s) past iteration %d", removed, self.step)
+        self.last_val_step = max((r["step"] for r in rows if r.get("type") == "val"), default=-1)
+        (self.out / "loss.png").unlink(missing_ok=True)
+        if rows:
+            loss_curve(self.out / "log.jsonl", self.out / "loss.png")
 
     # -- logging
     def _log(self, row: dict[str, Any]) -> None:
         if self.is_main:
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            append_row(self.out / "log.jsonl", row)
+            if row["type"] == "val":
+                self.last_val_step = row["step"]
 
     def _loader(self, epoch: int, start: int) -> DataLoader:
         self.sampler.set_epoch(epoch, start)
@@ -206,7 +224,8 @@ class Trainer:
             if self.nonfinite >= self.cfg.train.max_consecutive_nonfinite:
                 raise RuntimeError(
                     f"{self.nonfinite} non-finite losses in a row at iteration {self.step}: training stopped. "
-                    "Lower train.lr, check the data for broken boxes, or disable AMP.")
+                    "Lower the learning rate (--set train.lr=...), check the data for broken boxes, "
+                    "or turn AMP off (--set train.amp=none).")
             with warnings.catch_warnings():  # the schedule follows the iteration count, stepped or not
                 warnings.simplefilter("ignore", UserWarning)
                 self.scheduler.step()
@@ -254,12 +273,35 @@ class Trainer:
             self._checkpoint("last.pt")
 
     def fit(self) -> dict[str, Any]:
-        t = self.cfg.train
         self.model.train()
         start_time = time.time()
-        deadline = start_time + t.time_limit_minutes * 60 if t.time_limit_minutes else None
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
                    desc="train", dynamic_ncols=True)
+        try:
+            self._train_loop(bar, start_time)
+        except UnreadableImageError as e:
+            traceback.clear_frames(e.__traceback__)  # frees the DataLoader's workers now, not at a later gc
+            raise
+        finally:
+            bar.close()
+        # Final evaluation and checkpoint, whatever the intervals say.
+        metrics = self.evaluate() if self.val_set is not None else {}
+        if self.is_main:
+            if metrics and self.last_val_step != self.step:  # not again for a resumed finished run
+                self._log({"type": "val", "step": self.step, **metrics})
+                if metrics.get("AP", -1) > self.best:
+                    self.best = metrics["AP"]
+                    self._checkpoint("best.pt", metrics)
+            self._checkpoint("last.pt", metrics)
+            if (self.out / "log.jsonl").exists():
+                loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+        return {"step": self.step, "metrics": metrics, "nonfinite_steps": self.nonfinite_total,
+                "seconds": time.time() - start_time}
+
+    def _train_loop(self, bar: tqdm, start_time: float) -> None:
+        """Iterations until ``total_steps`` or the time limit, with the interval work in between."""
+        t = self.cfg.train
+        deadline = start_time + t.time_limit_minutes * 60 if t.time_limit_minutes else None
         stopped_early = False
         while self.step < self.total_steps and not stopped_early:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
@@ -280,20 +322,6 @@ class Trainer:
                     logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
                     stopped_early = True
                     break
-        bar.close()
-        # Final evaluation and checkpoint, whatever the intervals say.
-        metrics = self.evaluate() if self.val_set is not None else {}
-        if self.is_main:
-            if metrics:
-                self._log({"type": "val", "step": self.step, **metrics})
-                if metrics.get("AP", -1) > self.best:
-                    self.best = metrics["AP"]
-                    self._checkpoint("best.pt", metrics)
-            self._checkpoint("last.pt", metrics)
-            if (self.out / "log.jsonl").exists():
-                loss_curve(self.out / "log.jsonl", self.out / "loss.png")
-        return {"step": self.step, "metrics": metrics, "nonfinite_steps": self.nonfinite_total,
-                "seconds": time.time() - start_time}
 
 
 def train(cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: bool = False,

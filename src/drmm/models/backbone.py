@@ -261,8 +261,8 @@ def default_neck(architecture: str) -> str:
 
 
 def build_backbone(name: str, neck: str, neck_channels: int, *, pretrained: str | None = None,
-                   trainable_layers: int = 3, norm: str = "bn", tiny_widths: list[int] | tuple[int, ...] = (32, 64, 128, 256),
-                   neck_bias: bool = True) -> Backbone:
+                   trainable_layers: int = 3, norm: str = "bn",
+                   tiny_widths: list[int] | tuple[int, ...] = (32, 64, 128, 256), neck_bias: bool = True) -> Backbone:
     """Body ``name`` + ``neck`` (``neck_bias``: the channel mapper's conv bias)."""
     if name in RESNETS:
         body, channels = _resnet_body(name, pretrained, trainable_layers, norm)
@@ -270,7 +270,8 @@ def build_backbone(name: str, neck: str, neck_channels: int, *, pretrained: str 
         body, channels = SwinBody(pretrained), list(SWIN_T_CHANNELS)
     elif name == "tiny":
         if pretrained:
-            raise ValueError("the tiny backbone has no pretrained weights; unset model.pretrained")
+            raise ValueError("the tiny backbone has no pretrained weights; remove model.pretrained from the config "
+                             "or pass --set model.pretrained=null")
         body, channels = TinyBody(list(tiny_widths)), list(tiny_widths)
     else:
         raise ValueError(f"unknown backbone {name!r}; available: {BACKBONES}")

@@ -61,7 +61,7 @@ def _comparable(d: dict) -> dict:
 def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: str | None = None,
                 progress: bool = True) -> None:
     """Train ``cfg`` into ``vdir/run`` (unless a finished run is there) and evaluate ``last.pt`` into ``vdir/eval``."""
-    from ..data import CocoDetection, check_class_mapping
+    from ..data import build_dataset, check_class_mapping
     from ..evaluation import evaluate
     from ..engine.train import DataPaths, train
     from ..models import detector_from_checkpoint
@@ -78,7 +78,7 @@ def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: s
         (run_dir / "train.json").write_text(json.dumps({k: v for k, v in result.items() if k != "metrics"}))
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, ckpt = detector_from_checkpoint(run_dir / "last.pt", map_location="cpu")
-    val = CocoDetection(paths.val_ann, paths.val_images, train=False)
+    val = build_dataset(cfg.data, paths.val_ann, paths.val_images, train=False, progress=progress)
     check_class_mapping(val, ckpt, model.cfg.model.num_classes, run_dir / "last.pt")
     evaluate(model, val, vdir / "eval", batch_size=model.cfg.train.batch_size, device=dev,
              num_workers=model.cfg.train.num_workers, diagnostics=model.is_mixture, nms_sweep=True,
