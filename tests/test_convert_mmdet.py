@@ -1,9 +1,13 @@
 """``drmm convert-mmdet``: the authors' released checkpoints (layout and forward pass from
 released-checkpoint.md, restated in tests/released_reference.py) converted into drmm checkpoints."""
+import json
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import run_cli
+from PIL import Image
 from released_reference import released_detections, released_shapes, released_state
 
 from drmm import detector_from_checkpoint
@@ -101,6 +105,28 @@ def test_file_formats_and_what_is_ignored(small_release):
     assert (m.pooler_aligned, m.clip_stage_boxes, m.clip_detections, m.detections_per_image) == (True, False, False, 100)
     with torch.inference_mode():
         assert len(model([torch.rand(3, 64, 96)])[0]["scores"]) == 100
+
+
+def test_drmm_eval_and_predict_use_the_converted_checkpoint_with_coco_ids(small_release, tmp_path):
+    root, sd = small_release
+    torch.save({"state_dict": sd}, tmp_path / "src.pth")
+    assert run_cli("convert-mmdet", tmp_path / "src.pth", "--config", root / "small.yaml", "--out",
+                   tmp_path / "c.pt")[0] == 0
+    (tmp_path / "val").mkdir()
+    Image.fromarray((np.random.default_rng(0).random((64, 96, 3)) * 255).astype(np.uint8)).save(tmp_path / "val/a.png")
+    coco = {"images": [{"id": 7, "file_name": "a.png", "width": 96, "height": 64}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 90, "bbox": [10, 10, 30, 20], "area": 600,
+                             "iscrowd": 0}],
+            "categories": [{"id": i, "name": n} for i, n in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]}
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    code, out, err = run_cli("eval", "--weights", tmp_path / "c.pt", "--ann", tmp_path / "val.json", "--images",
+                             tmp_path / "val", "--out", tmp_path / "eval", "--workers", "0")
+    assert code == 0, err
+    dets = json.loads((tmp_path / "eval" / "detections.json").read_text())
+    assert len(dets) == 100 and {d["category_id"] for d in dets} <= set(COCO_CATEGORY_IDS)
+    code, out, err = run_cli("predict", "--weights", tmp_path / "c.pt", tmp_path / "val/a.png", "--out",
+                             tmp_path / "pred", "--threshold", "0")
+    assert code == 0 and (tmp_path / "pred" / "a.json").is_file(), err
 
 
 class NotATensor:
