@@ -43,7 +43,7 @@ COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 4
 """The category id of each of :data:`COCO_CLASSES` (1..90 with gaps)."""
 
 RELEASED_FORWARD: dict[str, dict[str, Any]] = {
-    "model": dict(architecture="sparse_rcnn", neck="fpn", backbone_norm="bn", pretrained=None, num_classes=80,
+    "model": dict(architecture="sparse_rcnn", neck=None, backbone_norm="bn", pretrained=None, num_classes=80,
                   delta_mode="pixels", pooler="torchvision", pooler_aligned=True, pooler_resolution=7,
                   sampling_ratio=2, clip_stage_boxes=False, clip_detections=False, topk_ratio=1.0,
                   min_size=800, max_size=1333, size_divisible=32, pixel_mean=[0.485, 0.456, 0.406],
