@@ -4,7 +4,7 @@ Batch 1, one 800 x 1216 image, random weights, eval mode under torch.inference_m
 all three models in the same run (interleaved), median of N runs after 1 warm-up,
 each in fp32 with the default (contiguous) memory format and with channels_last,
 drmm also as ``drmm eval`` / ``predict`` run it (``Detector.optimize_for_inference``:
-frozen BatchNorms folded into the convs + channels_last), then drmm (optimised) and
+BatchNorms folded into the convs + channels_last), then drmm (optimised) and
 Faster R-CNN (channels_last) under bf16 autocast;
 every model is set to see the input unresized (short side = min_size, long side =
 max_size). The in-model resize / normalise / pad and post-processing are included.
@@ -14,9 +14,9 @@ attention; RoIAlign, NMS and elementwise ops are not counted) and the achieved F
 against the machine's measured fp32 matrix-multiply FLOP/s (2048^3 torch.mm).
 
 Caveat: with random weights the baselines' scores sit below their score thresholds,
-so their NMS / post-processing is lighter than with trained weights; torchvision's
-ResNets use nn.BatchNorm2d here (weights_backbone=None), drmm a frozen BatchNorm run
-by the same fused kernel.
+so their NMS / post-processing is lighter than with trained weights; all ResNets use
+nn.BatchNorm2d in eval mode here (torchvision's with weights_backbone=None, drmm's
+released-recipe norms).
 
     python benchmarks/inference_latency.py [--threads 2] [--runs 5] [--size 800x1216]
         [--config configs/drmm_r50.yaml] [--set model.pooler=grid] [--profile]

@@ -1,4 +1,4 @@
-"""RoI pooling: GridRoIAlign (one grid_sample) vs torchvision MultiScaleRoIAlign.
+"""RoI pooling: GridRoIAlign (one grid_sample) vs torchvision's roi_align (per level; both aligned by default).
 
 Forward + backward over all FPN levels for a batch of proposals, median of N runs,
 both measured in the same run. Prints the ratio torchvision / grid (> 1: grid faster).

@@ -10,9 +10,17 @@ CASES = (
 
 
 def golden_config(name: str) -> Config:
-    """A tiny model (random weights from torch.manual_seed(0)) for one pinned case."""
+    """A tiny model (random weights from torch.manual_seed(0)) for one pinned case.
+
+    The pins were written by drmm 0.1, so every behaviour whose default changed since
+    is selected explicitly here (config.LEGACY_VALUES): this also proves each stays
+    selectable and exact.
+    """
     cfg = Config()
     m = cfg.model
+    m.backbone_norm, m.topk_mode, m.pooler_aligned = "frozen", "next_stage", False
+    m.clip_stage_boxes, m.channel_mapper_bias = True, False
+    cfg.objective.detach_floor = True
     m.backbone, m.tiny_widths = "tiny", [8, 16, 16, 32]
     m.neck_channels = m.hidden_dim = 32
     m.num_heads, m.dim_feedforward, m.dynamic_dim = 4, 64, 8

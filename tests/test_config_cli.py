@@ -29,6 +29,7 @@ COMMAND_FLAGS = {
               "--threads", "--compile", "--no-optimize"},
     "reproduce": {"--data", "--out", "--budget-minutes", "--iters", "--config", "--set", "--variants", "--seed",
                   "--device", "--no-progress"},
+    "convert-mmdet": {"--config", "--out"},
 }
 
 
@@ -108,9 +109,10 @@ def _usage_flags(help_text: str) -> set[str]:
 
 
 def test_parser_knows_every_command():
-    assert "{info,synth,train,demo,eval,calibration,predict,bench,reproduce}" in build_parser().format_help()
+    commands = "{info,synth,train,demo,eval,calibration,predict,bench,reproduce,convert-mmdet}"
+    assert commands in build_parser().format_help()
     code, out, _ = run_cli("--help")
-    assert code == 0 and "{info,synth,train,demo,eval,calibration,predict,bench,reproduce}" in out
+    assert code == 0 and commands in out
     code, _, err = run_cli()  # a command is required
     assert code == 2 and "required" in err
     code, _, err = run_cli("nope")
@@ -133,10 +135,10 @@ def test_flags_documented_in_readme_exist():
     lines += re.findall(r"`(drmm [^`]+)`", readme)
     documented = {}
     for line in lines:
-        m = re.match(r"(?:torchrun\b.*?-m |python3? -m )?drmm ([a-z]+)\b(.*)", line.strip())
+        m = re.match(r"(?:torchrun\b.*?-m |python3? -m )?drmm ([a-z-]+)\b(.*)", line.strip())
         if m:
             documented.setdefault(m.group(1), set()).update(re.findall(FLAG, m.group(2)))
-    assert {"synth", "train", "eval", "predict", "bench", "reproduce", "info", "demo"} <= set(documented)
+    assert {"synth", "train", "eval", "predict", "bench", "reproduce", "info", "demo", "convert-mmdet"} <= set(documented)
     for command, flags in documented.items():
         assert flags <= helps[command], (command, flags - helps[command])
     assert documented["eval"] >= {"--weights", "--data", "--out", "--diagnostics", "--nms-sweep"}

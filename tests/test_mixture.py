@@ -57,13 +57,16 @@ def brute_force(mu, raw, obj, cls, gt, labels, valid, ratio=0.04, dist="cauchy")
     return nll, mcm
 
 
-def brute_force_cauchy_torch(mu, raw, obj, cls, gt, labels, valid, stop_grad=(), ratio=0.04):
+def brute_force_cauchy_torch(mu, raw, obj, cls, gt, labels, valid, stop_grad=(), ratio=0.04, detach_floor=False,
+                             kept=None):
     """Float64 loops over images, ground truths and components, differentiable, written from the formulas.
 
     ``log comp = log pi_k + sum_j log(gamma / (pi (gamma^2 + (x - mu)^2))) + log p_k[c]``;
     NLL = -log sum exp, MCM = log sum exp - max, with the ``stop_grad`` parts of
-    ``log comp`` detached in the MCM only. Returns ``(nll, mcm)`` lists of the valid
-    ground truths, in (image, ground truth) order.
+    ``log comp`` detached in the MCM only. gamma = max(softplus(raw), ratio x side),
+    sides of at least 1 px, from mu with gradient unless ``detach_floor``. ``kept
+    [B, K]``: pi over all K, sums and max over the kept components only. Returns
+    ``(nll, mcm)`` lists of the valid ground truths, in (image, ground truth) order.
     """
     B, K, _ = mu.shape
     nll, mcm = [], []
@@ -74,10 +77,18 @@ def brute_force_cauchy_torch(mu, raw, obj, cls, gt, labels, valid, stop_grad=(),
                 continue
             parts = []  # (log pi, log coord, log class) of each component
             for k in range(K):
+                if kept is not None and not kept[b, k]:
+                    continue
                 m = mu[b, k].double()
-                w = max(float(m[2].detach() - m[0].detach()), 1.0)  # plain floats: the floor has no gradient
-                h = max(float(m[3].detach() - m[1].detach()), 1.0)
-                floor = torch.tensor([w, h, w, h], dtype=torch.float64) * ratio
+                if detach_floor:  # plain floats: the floor has no gradient
+                    w = max(float(m[2].detach() - m[0].detach()), 1.0)
+                    h = max(float(m[3].detach() - m[1].detach()), 1.0)
+                    floor = torch.tensor([w, h, w, h], dtype=torch.float64) * ratio
+                else:
+                    w, h = m[2] - m[0], m[3] - m[1]
+                    w = w if w > 1 else torch.ones((), dtype=torch.float64)
+                    h = h if h > 1 else torch.ones((), dtype=torch.float64)
+                    floor = torch.stack([w, h, w, h]) * ratio
                 gamma = torch.maximum(torch.log(1 + torch.exp(raw[b, k].double())), floor)
                 x = gt[b, i].double()
                 log_coord = torch.log(gamma / (math.pi * (gamma**2 + (x - m) ** 2))).sum()
@@ -87,9 +98,9 @@ def brute_force_cauchy_torch(mu, raw, obj, cls, gt, labels, valid, stop_grad=(),
                 parts.append((log_pi, log_coord, log_class))
             log_comp = torch.stack([sum(p) for p in parts])
             nll.append(-torch.log(torch.exp(log_comp).sum()))
-            kept = [[t.detach() if name in stop_grad else t for name, t in zip(("mix", "coord", "class"), p)]
-                    for p in parts]
-            detached = torch.stack([sum(p) for p in kept])
+            mixed = [[t.detach() if name in stop_grad else t for name, t in zip(("mix", "coord", "class"), p)]
+                     for p in parts]
+            detached = torch.stack([sum(p) for p in mixed])
             mcm.append(torch.log(torch.exp(detached).sum()) - detached.max())
     return nll, mcm
 
@@ -132,13 +143,15 @@ def grads_or_zeros(loss, tensors):
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads(loss, tensors), tensors)]
 
 
+@pytest.mark.parametrize("detach_floor", [False, True])
 @pytest.mark.parametrize("stop", [(), ("coord",), ("mix",), ("class",), ("mix", "coord", "class")])
-def test_stop_gradient_gradients_match_brute_force(stop):
+def test_stop_gradient_gradients_match_brute_force(stop, detach_floor):
     """Both losses and their gradients against the loop; ``stop_grad`` detaches MCM parts only."""
     mu, raw, obj, cls, gt, labels, valid = random_case(B=2, K=4, G=3, C=3, seed=4)
     inputs = [t.clone().requires_grad_(True) for t in (mu, raw, obj, cls)]
-    nll, mcm = mixture_losses(*inputs, gt, labels, valid, stop_grad=stop)
-    ref_nll, ref_mcm = brute_force_cauchy_torch(*inputs, gt, labels, valid, stop_grad=stop)
+    nll, mcm = mixture_losses(*inputs, gt, labels, valid, stop_grad=stop, detach_floor=detach_floor)
+    ref_nll, ref_mcm = brute_force_cauchy_torch(*inputs, gt, labels, valid, stop_grad=stop,
+                                                detach_floor=detach_floor)
     torch.testing.assert_close(nll[valid], torch.stack(ref_nll), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(mcm[valid], torch.stack(ref_mcm), rtol=1e-10, atol=1e-10)
     for ours, ref in [(nll.sum(), sum(ref_nll)), (mcm.sum(), sum(ref_mcm))]:
@@ -147,6 +160,37 @@ def test_stop_gradient_gradients_match_brute_force(stop):
     # the case is discriminative: without stop_grad each input moves the MCM
     assert all(g.abs().sum() > 0 for g in grads_or_zeros(sum(brute_force_cauchy_torch(
         *inputs, gt, labels, valid)[1]), inputs))
+
+
+def test_released_floor_is_the_default_and_passes_gradient_to_the_box_size():
+    """Scales at the floor: d loss / d mu differs with and without the detached floor (released: not detached)."""
+    mu, raw, obj, cls, gt, labels, valid = random_case(B=2, K=4, G=3, C=3, seed=4)
+    raw = torch.full_like(raw, -30.0)  # every scale at the floor
+    mu1, mu2 = mu.clone().requires_grad_(True), mu.clone().requires_grad_(True)
+    released = mixture_losses(mu1, raw, obj, cls, gt, labels, valid)[0].sum()
+    detached = mixture_losses(mu2, raw, obj, cls, gt, labels, valid, detach_floor=True)[0].sum()
+    assert released.item() == pytest.approx(detached.item(), rel=1e-12)  # same value
+    g1, g2 = torch.autograd.grad(released, mu1)[0], torch.autograd.grad(detached, mu2)[0]
+    ref = torch.autograd.grad(sum(brute_force_cauchy_torch(mu1, raw, obj, cls, gt, labels, valid)[0]), mu1)[0]
+    torch.testing.assert_close(g1, ref, rtol=1e-8, atol=1e-10)
+    assert (g1 - g2).abs().max() > 1e-3
+
+
+def test_kept_components_restrict_the_loss_with_pi_over_all_k():
+    """The released top-k loss: pi normalised over all K, sums and max over the kept components only."""
+    mu, raw, obj, cls, gt, labels, valid = random_case(B=2, K=6, G=3, C=3, seed=7)
+    kept = torch.tensor([[True, False, True, True, False, True], [False, True, True, False, True, False]])
+    inputs = [t.clone().requires_grad_(True) for t in (mu, raw, obj, cls)]
+    nll, mcm = mixture_losses(*inputs, gt, labels, valid, kept=kept)
+    ref_nll, ref_mcm = brute_force_cauchy_torch(*inputs, gt, labels, valid, stop_grad=("coord",), kept=kept)
+    torch.testing.assert_close(nll[valid], torch.stack(ref_nll), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(mcm[valid], torch.stack(ref_mcm), rtol=1e-10, atol=1e-10)
+    total, ref_total = (nll + 0.5 * mcm).sum(), sum(ref_nll) + 0.5 * sum(ref_mcm)
+    for g, r in zip(grads_or_zeros(total, inputs), grads_or_zeros(ref_total, inputs)):
+        torch.testing.assert_close(g, r, rtol=1e-8, atol=1e-10)
+    g_obj = grads(total, inputs)[2]
+    assert (g_obj[~kept] != 0).any()  # the dropped components' objectness still normalises pi
+    assert (grads(total, inputs)[0][~kept] == 0).all()  # but their boxes get no gradient
 
 
 def test_rejects_unknown_options():
@@ -169,12 +213,35 @@ def test_extreme_cases_are_finite(dist, dtype):
                        [[0.0] * 4] * 3]).to(dtype)  # 1e4 px away from every component
     labels = torch.zeros(B, G, dtype=torch.long)
     valid = torch.tensor([[True, True, True], [False, False, False]])  # image 2 has no ground truth
+    if dist == "gaussian" and dtype == torch.float16:
+        # The released floor passes the scale's gradient to mu: a Gaussian at a 0.4 px scale
+        # 1e4 px away gives d/dmu ~ 6e7, finite in float32 but past float16's range. The
+        # heads return float32 boxes under autocast, so the model never feeds float16 mu.
+        mu = mu.detach().float().requires_grad_(True)
     nll, mcm = mixture_losses(mu, raw, obj, cls, gt, labels, valid, coord_dist=dist, stop_grad=())
     loss = (nll + 0.5 * mcm).sum()
     assert torch.isfinite(loss)
     for g in grads(loss, (mu, raw, obj, cls)):
         assert g is not None and torch.isfinite(g).all()
     assert (nll[1] == 0).all()
+
+
+@pytest.mark.parametrize("detach_floor", [False, True])
+def test_swapped_and_degenerate_boxes_give_finite_losses_and_gradients(detach_floor):
+    """Corners swapped, zero-size and far outside the image: the floor (sides >= 1 px) keeps log gamma finite."""
+    mu = torch.tensor([[[50.0, 50.0, 10.0, 10.0],  # both corners swapped
+                        [10.0, 60.0, 40.0, 20.0],  # y swapped only
+                        [30.0, 30.0, 30.0, 30.0],  # zero size
+                        [-5e3, -5e3, -4e3, 9e3]]], requires_grad=True)  # far outside
+    raw = torch.full((1, 4, 4), -80.0, requires_grad=True)  # softplus underflows to 0: the floor is the scale
+    obj = torch.zeros(1, 4, requires_grad=True)
+    cls = torch.zeros(1, 4, 2, requires_grad=True)
+    gt = torch.tensor([[[10.0, 10.0, 50.0, 50.0]]])
+    nll, mcm = mixture_losses(mu, raw, obj, cls, gt, torch.tensor([[1]]), torch.tensor([[True]]),
+                              detach_floor=detach_floor)
+    loss = (nll + 0.5 * mcm).sum()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(g).all() for g in grads(loss, (mu, raw, obj, cls)))
 
 
 def test_gradcheck_tiny_case():

@@ -168,17 +168,28 @@ def test_parameter_count_matches_paper(backbone, expected):
     assert 0 < frozen < 1e6
 
 
-def test_frozen_backbone_parts(tiny_cfg):
+@pytest.mark.parametrize("norm", ["bn", "bn_eval", "frozen"])
+def test_frozen_backbone_parts(norm):
     cfg = Config()
-    cfg.model.backbone = "resnet18"
+    cfg.model.backbone, cfg.model.backbone_norm = "resnet18", norm
     cfg.model.neck_channels = cfg.model.hidden_dim = 64
     cfg.model.num_stages, cfg.model.num_proposals = 1, 4
-    model = build_detector(cfg)
+    model = build_detector(cfg).train()
     body = model.backbone.body
     assert not any(p.requires_grad for p in body.conv1.parameters())
+    assert not any(p.requires_grad for p in body.bn1.parameters())
     assert not any(p.requires_grad for p in body.layer1.parameters())
     assert all(p.requires_grad for p in body.layer2.parameters())
-    assert isinstance(body.bn1, torchvision.ops.misc.FrozenBatchNorm2d)
+    if norm == "frozen":
+        assert isinstance(body.bn1, torchvision.ops.misc.FrozenBatchNorm2d)
+        return
+    norms = {n: m for n, m in body.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert len(norms) == 20  # every BatchNorm of a ResNet-18 is a real one (affine parameters)
+    # stem and layer1 stay in eval mode when the model trains; with bn, layers 2-4 use batch statistics
+    for name, bn in norms.items():
+        assert bn.training == (norm == "bn" and not name.startswith(("bn1", "layer1."))), name
+    model.eval()
+    assert not any(m.training for m in norms.values())
 
 
 def test_pretrained_weights_from_local_file(tmp_path):
@@ -326,15 +337,17 @@ def test_dynamic_conv_against_per_proposal_reference():
         torch.testing.assert_close(out[m], torch.relu(conv.norm3(conv.out(x.flatten()))), rtol=1e-5, atol=1e-5)
 
 
-def test_optimize_for_inference_keeps_the_detections():
+@pytest.mark.parametrize("norm", ["frozen", "bn"])
+def test_optimize_for_inference_keeps_the_detections(norm):
     cfg = Config()
     cfg.model.backbone, cfg.model.neck_channels, cfg.model.hidden_dim = "resnet18", 64, 64
+    cfg.model.backbone_norm = norm
     cfg.model.num_stages, cfg.model.num_proposals, cfg.model.min_size, cfg.model.max_size = 2, 20, 128, 160
     model = build_detector(cfg).eval()
     body = model.backbone.body
     with torch.no_grad():  # non-trivial frozen statistics, so folding them is not a no-op
         for m in body.modules():
-            if isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d):
+            if isinstance(m, (torchvision.ops.misc.FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
                 m.running_mean.normal_(0, 0.1)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
@@ -346,7 +359,8 @@ def test_optimize_for_inference_keeps_the_detections():
         model.optimize_for_inference()
         out, trace = model(images, return_stages=True)
         stages = trace.stages
-    assert not any(isinstance(m, torchvision.ops.misc.FrozenBatchNorm2d) for m in body.modules())  # all 20 folded
+    norms = (torchvision.ops.misc.FrozenBatchNorm2d, torch.nn.BatchNorm2d)
+    assert not any(isinstance(m, norms) for m in body.modules())  # all 20 folded
     assert body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(stages[-1].boxes, ref_stages[-1].boxes, rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(stages[-1].class_logits, ref_stages[-1].class_logits, rtol=1e-4, atol=1e-4)

@@ -14,7 +14,8 @@ from torchvision.ops import generalized_box_iou
 from drmm import build_detector
 from drmm.config import load_config
 from drmm.objectives import DRMMObjective, HungarianObjective, build_objective, hungarian_match
-from drmm.structures import StageOutput
+from drmm.mixture import mixture_losses
+from drmm.structures import StageOutput, pad_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 ALPHA, GAMMA = 0.25, 2.0
@@ -352,8 +353,9 @@ def clipped(boxes, sizes):
 
 
 @pytest.mark.parametrize("objective", ["drmm", "hungarian"])
-def test_topk_ratio_shrinks_components_per_stage(objective):
-    cfg = tiny_config(num_stages=3, topk_ratio=0.5)
+def test_topk_next_stage_mode_shrinks_components_per_stage(objective):
+    """drmm 0.1's top-k: ceil(K * ratio) go on (clipped, with clip_stage_boxes); every stage outputs all its K."""
+    cfg = tiny_config(num_stages=3, topk_ratio=0.5, topk_mode="next_stage", clip_stage_boxes=True)
     cfg.objective.name = objective
     model = build_detector(cfg).eval()
     images, _ = batch()
@@ -361,6 +363,7 @@ def test_topk_ratio_shrinks_components_per_stage(objective):
         stages = model(images, return_stages=True)[1].stages
     assert [s.boxes.shape[1] for s in stages] == [12, 6, 3]
     assert [s.class_logits.shape[1] for s in stages] == [12, 6, 3]
+    assert all(s.kept is None for s in stages)
     # The kept proposals of stage 2 are stage 1's highest-scoring boxes.
     score = stages[0].objectness_logit if objective == "drmm" else stages[0].class_logits.amax(-1)
     top = score.topk(6, dim=1).indices[..., None].expand(-1, -1, 4)
@@ -368,3 +371,73 @@ def test_topk_ratio_shrinks_components_per_stage(objective):
     torch.testing.assert_close(stages[1].proposals, torch.gather(clipped(stages[0].boxes, sizes), 1, top))
     with pytest.raises(ValueError, match="topk_ratio"):
         build_detector(tiny_config(topk_ratio=0.0))
+    with pytest.raises(ValueError, match="topk_mode"):
+        build_detector(tiny_config(topk_ratio=0.5, topk_mode="sometimes"))
+
+
+@pytest.mark.parametrize("objective", ["drmm", "hungarian"])
+def test_topk_released_mode_keeps_int_k_ratio_at_every_stage(objective):
+    """As released: each stage keeps int(K * ratio) components (the last too), the next gets them unclipped."""
+    cfg = tiny_config(num_stages=3, topk_ratio=0.7, num_proposals=10)
+    cfg.objective.name = objective
+    model = build_detector(cfg).eval()
+    images, _ = batch()
+    with torch.inference_mode():
+        dets, trace = model(images, return_stages=True)
+    stages = trace.stages
+    assert [s.boxes.shape[1] for s in stages] == [10, 7, 4]  # int(10 * 0.7) = 7, int(7 * 0.7) = 4
+    assert [s.kept.sum(1).tolist() for s in stages] == [[7, 7], [4, 4], [2, 2]]
+    for s, nxt in zip(stages, stages[1:]):
+        score = s.objectness_logit if objective == "drmm" else s.class_logits.amax(-1)
+        top = score.topk(len(nxt.boxes[0]), dim=1).indices
+        for b in range(len(images)):
+            assert sorted(top[b].tolist()) == s.kept[b].nonzero().squeeze(1).tolist()
+            torch.testing.assert_close(nxt.proposals[b], s.boxes[b, top[b]])  # best first, not clipped
+    # detections come only from the last stage's kept components
+    for b, comp in enumerate(trace.components):
+        assert stages[-1].kept[b, comp[dets[b]["scores"] > 0]].all()
+
+
+def test_topk_released_loss_covers_only_the_kept_components():
+    cfg = tiny_config(num_stages=2, topk_ratio=0.5)
+    model = build_detector(cfg).train()
+    images, targets = batch()
+    torch.manual_seed(0)
+    losses, trace = model(images, targets, return_stages=True)
+    gt_boxes, gt_labels, gt_valid = pad_targets(trace.targets)
+    for i, s in enumerate(trace.stages):
+        args = (s.boxes, s.raw_scale, s.objectness_logit, s.class_logits, gt_boxes, gt_labels, gt_valid)
+        nll, _ = mixture_losses(*args, kept=s.kept)
+        torch.testing.assert_close(losses[f"nll.{i}"], nll.sum())
+        assert (mixture_losses(*args)[0].sum() - nll.sum()).abs() > 1e-3  # not the loss over all K
+
+
+def test_topk_released_hungarian_ignores_the_dropped_proposals():
+    """Changing what a dropped proposal predicts does not change the baseline's loss."""
+    g = torch.Generator().manual_seed(0)
+    B, K, C = 2, 8, 3
+    xy = torch.rand(B, K, 2, generator=g) * 60
+    boxes = torch.cat([xy, xy + 10 + torch.rand(B, K, 2, generator=g) * 30], -1)
+    logits = torch.randn(B, K, C, generator=g)
+    kept = torch.zeros(B, K, dtype=torch.bool)
+    kept[:, ::2] = True
+    targets = [{"boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]]), "labels": torch.tensor([1])}] * B
+    objective = HungarianObjective()
+    sizes = [(100, 120)] * B
+    base = objective([StageOutput(boxes, boxes, logits, kept=kept)], targets, sizes)
+    logits2, boxes2 = logits.clone(), boxes.clone()
+    logits2[~kept] = 50.0  # confident, on every class
+    boxes2[~kept] = torch.tensor([5.0, 5.0, 40.0, 30.0])  # exactly on the ground truth
+    other = objective([StageOutput(boxes2, boxes2, logits2, kept=kept)], targets, sizes)
+    for k in base:
+        torch.testing.assert_close(base[k], other[k])
+    assert objective([StageOutput(boxes2, boxes2, logits2)], targets, sizes)["cls.0"] > 10 * base["cls.0"]
+
+
+def test_topk_released_mode_rejects_the_bipartite_ablations():
+    cfg = tiny_config(topk_ratio=0.5)
+    cfg.objective.mcm_mode = "bipartite"
+    with pytest.raises(ValueError, match="topk_mode: next_stage"):
+        build_detector(cfg)
+    cfg.model.topk_mode = "next_stage"
+    build_detector(cfg)

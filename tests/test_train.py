@@ -196,7 +196,8 @@ def test_ddp_two_gloo_processes_match_one_process(synth, tmp_path):
     world-size factor the 2-process norm would be half the single-process one.
     """
     cfg = small_cfg(max_iters=3, batch_size=1)
-    cfg.model.backbone = "resnet18"  # frozen BatchNorm: no batch statistics (SyncBatchNorm is GPU-only)
+    cfg.model.backbone = "resnet18"  # frozen BatchNorm: no batch statistics, so 2 x 1 image == 1 x 2 images
+    cfg.model.backbone_norm = "frozen"
     cfg.data.crop = cfg.data.flip = False
     save_config(cfg, tmp_path / "cfg.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
@@ -206,7 +207,7 @@ def test_ddp_two_gloo_processes_match_one_process(synth, tmp_path):
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     one = small_cfg(max_iters=3, batch_size=2)
-    one.model.backbone = "resnet18"
+    one.model.backbone, one.model.backbone_norm = "resnet18", "frozen"
     one.data.crop = one.data.flip = False
     train(one, DataPaths.from_dir(synth), tmp_path / "single", progress=False)
     a = load_checkpoint(tmp_path / "ddp" / "last.pt")["model"]

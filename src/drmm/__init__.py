@@ -1,5 +1,5 @@
 """drmm: D-RMM, end-to-end multi-object detection with a regularized mixture model (ICML 2023)."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from .config import Config, load_config
 from .mixture import mixture_losses

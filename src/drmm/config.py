@@ -25,6 +25,11 @@ class ModelConfig:
     neck: str | None = None  # fpn | channel_mapper; None: the architecture's own (Sparse R-CNN fpn, AdaMixer channel_mapper)
     pretrained: str | None = None  # local torchvision ImageNet checkpoint; never downloaded
     trainable_layers: int = 3  # ResNet stages trained (of layer1..layer4); 3 = stem + layer1 frozen
+    # ResNet BatchNorm. bn (released D-RMM): nn.BatchNorm2d, affine trained and batch statistics in the
+    # trained stages (SyncBatchNorm with train.sync_bn); the frozen stages' norms stay in eval mode.
+    # bn_eval (Sparse R-CNN's and AdaMixer's code, norm_eval=True): affine trained, statistics frozen.
+    # frozen (drmm 0.1): FrozenBatchNorm2d everywhere, nothing trained.
+    backbone_norm: str = "bn"
     tiny_widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     neck_channels: int = 256  # width of the neck's P2-P5 maps (FPN or AdaMixer's channel mapper)
     num_classes: int = 80
@@ -32,7 +37,11 @@ class ModelConfig:
     proposal_init: str = "grid"  # grid (released D-RMM: 15 x 20 centres, size 0.5) | whole
     proposal_size: float = 0.5  # side of grid-initialised boxes, fraction of the image
     num_stages: int = 6
-    topk_ratio: float = 1.0  # fraction of proposals kept (highest scores) after each stage but the last (App. C.2)
+    topk_ratio: float = 1.0  # fraction of proposals kept (highest scores) at each stage (App. C.2)
+    # released: every stage keeps its int(K * ratio) best components (the last stage too); the loss and the
+    # detections cover only them, pi stays normalised over all K. next_stage (drmm 0.1): ceil(K * ratio) go
+    # on to the next stage; the loss and the detections cover all K of a stage.
+    topk_mode: str = "released"
     hidden_dim: int = 256
     num_heads: int = 8
     dim_feedforward: int = 2048
@@ -46,7 +55,13 @@ class ModelConfig:
     mixing_out_points: int = 128
     pooler_resolution: int = 7
     sampling_ratio: int = 2
-    pooler: str = "torchvision"  # torchvision (MultiScaleRoIAlign) | grid (one grid_sample; faster on CPU)
+    pooler: str = "torchvision"  # torchvision (roi_align) | grid (one grid_sample; faster on CPU)
+    # true (released, mmcv): half-pixel RoIAlign (aligned=True), level floor(log2(sqrt(wh) / 56 + 1e-6));
+    # false (drmm 0.1): torchvision's MultiScaleRoIAlign rule, aligned=False (the grid pooler reads the border)
+    pooler_aligned: bool = True
+    clip_stage_boxes: bool = False  # reorder and clip each stage's boxes to the image before the next (drmm 0.1)
+    clip_detections: bool = True  # clip the final boxes to the image (the release leaves them as predicted)
+    channel_mapper_bias: bool = True  # AdaMixer's neck: 1 x 1 convs with bias, as AdaMixer's code (drmm 0.1: none)
     # pixels (released: mu = proposal + delta) | proposal (delta x proposal w, h)
     # | relative (delta and the scale's softplus x proposal w, h)
     delta_mode: str = "pixels"
@@ -69,6 +84,7 @@ class ObjectiveConfig:
     coord_dist: str = "cauchy"  # cauchy | gaussian | laplace
     stop_grad: list[str] = field(default_factory=lambda: ["coord"])  # subset of mix, coord, class
     min_scale_ratio: float = 0.04
+    detach_floor: bool = False  # false (released): the scale floor passes gradient to mu; true: floor from detached mu
     nll_mode: str = "mixture"  # mixture (paper) | max (Table 3 IV) | bipartite (Table 2 row 2, NLL(B))
     mcm_mode: str = "max"  # max (paper) | bipartite (Table 2 row 4, MCM(B))
     # Hungarian baseline (Sparse R-CNN): matching cost and loss weights, focal loss parameters
@@ -91,8 +107,8 @@ class TrainConfig:
     lr_steps: list[int] = field(default_factory=lambda: [27, 33])  # in epochs (or iterations)
     lr_steps_unit: str = "epoch"  # epoch | iter
     lr_gamma: float = 0.1
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.01
+    warmup_iters: int = 500  # linear warm-up from warmup_factor x lr (MMDetection's schedule, as released)
+    warmup_factor: float = 0.001
     clip_norm: float = 1.0
     amp: str = "none"  # none | bf16 | fp16 (GPU)
     seed: int = 0
@@ -103,7 +119,7 @@ class TrainConfig:
     interval_unit: str = "epoch"  # epoch | iter
     time_limit_minutes: float | None = None  # stop (evaluate, checkpoint) after this much training time
     max_consecutive_nonfinite: int = 10
-    sync_bn: bool = False
+    sync_bn: bool = False  # convert the BatchNorms to SyncBatchNorm under DDP (GPUs; the released recipe)
     threads: int | None = None  # torch.set_num_threads on CPU
 
 
@@ -145,6 +161,26 @@ class Config:
 
 _RENAMED = {"fpn_channels": "neck_channels"}
 """Model keys renamed since 0.1.0: configs and checkpoints written with the old name still load."""
+
+LEGACY_VALUES: dict[str, dict[str, Any]] = {
+    "model": {"backbone_norm": "frozen", "topk_mode": "next_stage", "pooler_aligned": False,
+              "clip_stage_boxes": True, "channel_mapper_bias": False},
+    "objective": {"detach_floor": True},
+}
+"""What drmm 0.1 did where a config key added since has a new default.
+
+A checkpoint's config that lacks one of these keys was written before it existed,
+so its weights were trained with this behaviour: :func:`with_legacy_values` fills it in.
+"""
+
+
+def with_legacy_values(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict (e.g. from a checkpoint) with the keys it lacks from :data:`LEGACY_VALUES` filled in."""
+    d = dict(d)
+    for section, values in LEGACY_VALUES.items():
+        if isinstance(d.get(section), dict):
+            d[section] = {**values, **d[section]}
+    return d
 
 
 def _build(cls: type, d: dict[str, Any], where: str) -> Any:
@@ -231,8 +267,13 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     return Config.from_dict(d, "overrides")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides."""
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                written_by_drmm: bool = False) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply overrides.
+
+    ``written_by_drmm``: the file is a run's resolved ``config.yaml`` (every key saved), so
+    keys it lacks were added later and get :data:`LEGACY_VALUES`, the behaviour it ran with.
+    """
     if path is None:
         return apply_overrides(Config(), overrides)
     path = Path(path)
@@ -242,6 +283,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: invalid YAML: {e}") from e
+    if written_by_drmm and isinstance(d, dict):
+        d = with_legacy_values(d)
     return apply_overrides(Config.from_dict(d, str(path)), overrides)
 
 

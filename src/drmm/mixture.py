@@ -66,14 +66,19 @@ def coord_log_prob(x: Tensor, loc: Tensor, scale: Tensor, dist: str = "cauchy") 
     return -_LOG_2 - scale.log() - z.abs()  # laplace
 
 
-def mixture_scale(mu: Tensor, raw_scale: Tensor, min_scale_ratio: float = 0.04) -> Tensor:
+def mixture_scale(mu: Tensor, raw_scale: Tensor, min_scale_ratio: float = 0.04, detach_floor: bool = False) -> Tensor:
     """``softplus(raw_scale) [..., 4]`` floored per coordinate at ``ratio * box width/height``.
 
-    The floor uses the width of ``mu`` for x1, x2 and its height for y1, y2 (as
-    released). It is computed from detached ``mu`` with sizes of at least 1 px, so
-    it only bounds the scale and never rewards shrinking boxes.
+    The floor uses the width of ``mu`` for x1, x2 and its height for y1, y2. As
+    released, it is computed from ``mu`` with gradient (``detach_floor=False``): where
+    the floor is above the softplus, the box size gets the gradient. ``detach_floor``
+    computes it from detached ``mu``, so it only bounds the scale and never rewards
+    shrinking boxes. Either way, sides below 1 px (swapped corners included) count
+    as 1 px: the scale is never below ``ratio`` px, so ``log gamma`` stays finite
+    (the release floors at the signed side, which a swapped box makes negative).
     """
-    wh = (mu[..., 2:] - mu[..., :2]).detach().clamp(min=1.0)
+    wh = mu[..., 2:] - mu[..., :2]
+    wh = (wh.detach() if detach_floor else wh).clamp(min=1.0)
     floor = min_scale_ratio * torch.cat([wh, wh], dim=-1)
     return torch.maximum(F.softplus(raw_scale), floor)
 
@@ -85,18 +90,25 @@ def log_mixing_weights(objectness_logit: Tensor) -> Tensor:
 
 
 def stage_log_factors(
-    mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, class_logits: Tensor, min_scale_ratio: float = 0.04
+    mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, class_logits: Tensor, min_scale_ratio: float = 0.04,
+    detach_floor: bool = False, kept: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The per-component quantities every loss needs: ``(mu, scale [B,K,4], log_pi [B,K], log_p [B,K,C])``.
 
     Computed in :func:`compute_dtype` of ``mu``; ``mu`` is returned in that dtype.
+    ``kept [B, K]`` (bool, top-k pruning as released): ``pi`` is normalised over all K
+    components, then ``log pi = -inf`` for the components not kept, which removes
+    them from every sum and max of the loss.
     """
     dtype = compute_dtype(mu)
     mu, raw_scale, objectness_logit, class_logits = (
         t.to(dtype) for t in (mu, raw_scale, objectness_logit, class_logits)
     )
-    scale = mixture_scale(mu, raw_scale, min_scale_ratio)
-    return mu, scale, log_mixing_weights(objectness_logit), F.log_softmax(class_logits, dim=-1)
+    scale = mixture_scale(mu, raw_scale, min_scale_ratio, detach_floor)
+    log_pi = log_mixing_weights(objectness_logit)
+    if kept is not None:
+        log_pi = log_pi.masked_fill(~kept.bool(), -math.inf)
+    return mu, scale, log_pi, F.log_softmax(class_logits, dim=-1)
 
 
 def nll_from_log_comp(log_comp: Tensor) -> Tensor:
@@ -135,7 +147,8 @@ def combine_log_terms(
 
 def mixture_log_terms(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, class_logits: Tensor,
                       gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor, *, min_scale_ratio: float = 0.04,
-                      coord_dist: str = "cauchy") -> tuple[Tensor, Tensor, Tensor]:
+                      coord_dist: str = "cauchy", detach_floor: bool = False,
+                      kept: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """``(log_pi [B,1,K], log_coord [B,G,K], log_class [B,G,K])`` of a stage, padding-safe.
 
     Same arguments as :func:`mixture_losses`; the sum of the three is ``log comp``.
@@ -145,7 +158,8 @@ def mixture_log_terms(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, c
     log-likelihood, not just the NLL/MCM reductions.
     """
     check_options(coord_dist)
-    mu, scale, log_pi, log_p = stage_log_factors(mu, raw_scale, objectness_logit, class_logits, min_scale_ratio)
+    mu, scale, log_pi, log_p = stage_log_factors(mu, raw_scale, objectness_logit, class_logits, min_scale_ratio,
+                                                 detach_floor, kept)
     gt_valid = gt_valid.bool()
     zero = torch.zeros((), dtype=mu.dtype, device=mu.device)
     gt_boxes = torch.where(gt_valid.unsqueeze(-1), gt_boxes.to(mu.dtype), zero)
@@ -158,7 +172,8 @@ def mixture_log_terms(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, c
 
 def mixture_losses(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, class_logits: Tensor,
                    gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor, *, min_scale_ratio: float = 0.04,
-                   coord_dist: str = "cauchy", stop_grad: Collection[str] = ("coord",)) -> tuple[Tensor, Tensor]:
+                   coord_dist: str = "cauchy", stop_grad: Collection[str] = ("coord",), detach_floor: bool = False,
+                   kept: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-ground-truth NLL and MCM of the D-RMM mixture (paper eqs. 4-8).
 
     Args:
@@ -172,6 +187,11 @@ def mixture_losses(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, clas
         coord_dist: ``"cauchy"`` (paper), ``"gaussian"`` or ``"laplace"``.
         stop_grad: parts of the component detached inside MCM only: any of
             ``"mix"``, ``"coord"``, ``"class"`` (paper Table 7; released: coord).
+        detach_floor: compute the scale floor from detached ``mu`` (released: not
+            detached, see :func:`mixture_scale`).
+        kept: ``[B, K]`` bool, the components top-k pruning kept (released top-k
+            ablation): the loss covers only them, ``pi`` normalised over all K.
+            None: all components.
 
     Returns:
         ``(nll, mcm)``, each ``[B, G]`` float32 (float64 for float64 inputs),
@@ -179,7 +199,8 @@ def mixture_losses(mu: Tensor, raw_scale: Tensor, objectness_logit: Tensor, clas
         float32.
     """
     stop_grad = check_options(coord_dist, stop_grad)
-    mu, scale, log_pi, log_p = stage_log_factors(mu, raw_scale, objectness_logit, class_logits, min_scale_ratio)
+    mu, scale, log_pi, log_p = stage_log_factors(mu, raw_scale, objectness_logit, class_logits, min_scale_ratio,
+                                                 detach_floor, kept)
     # Pack the valid ground truths of the batch (no padding work, no loop over images):
     # ground truth n of image img[n] meets the K components of that image.
     img, slot = gt_valid.bool().nonzero(as_tuple=True)

@@ -13,7 +13,9 @@ class StageOutput:
 
     ``boxes`` is the stage's box estimate: the mixture location ``mu`` for D-RMM,
     the decoded box for the Hungarian baseline. ``objectness_logit`` and
-    ``raw_scale`` exist only for mixture heads.
+    ``raw_scale`` exist only for mixture heads. ``kept`` marks the components the
+    released top-k pruning keeps (``model.topk_ratio < 1``, ``topk_mode: released``):
+    the loss and the detections cover only those; None means all.
     """
 
     proposals: Tensor  # [B, K, 4] the boxes this stage started from
@@ -22,6 +24,7 @@ class StageOutput:
     objectness_logit: Tensor | None = None  # [B, K]
     raw_scale: Tensor | None = None  # [B, K, 4]
     features: Tensor | None = None  # [B, K, D] proposal features after the stage
+    kept: Tensor | None = None  # [B, K] bool
 
 
 @dataclass

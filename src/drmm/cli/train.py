@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume:
             raise ValueError("--config is required (or --resume with a run folder holding config.yaml)")
         config = Path(args.out) / "config.yaml"
-    cfg = load_config(config, args.overrides)
+    cfg = load_config(config, args.overrides, written_by_drmm=args.config is None)  # a run's own config
     result = train(cfg, training_data_paths(args), args.out, resume=args.resume, device=args.device,
                    progress=not args.no_progress)
     print_metrics(result["metrics"])

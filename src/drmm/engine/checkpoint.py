@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
 
     {"model": state_dict, "config": Config.to_dict(), "class_names": [...],
      "cat_ids": [...],            # dataset category id of each contiguous label
-     "version": "0.1.0", "step": int, "epoch": int,
+     "version": "0.2.0", "step": int, "epoch": int,
      # training state (absent in exported weights):
      "optimizer", "scheduler", "scaler", "rng", "best_metric", ...}
 """

@@ -6,6 +6,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 def init_distributed() -> tuple[int, int, torch.device | None]:
@@ -28,6 +29,18 @@ def init_distributed() -> tuple[int, int, torch.device | None]:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     return rank, world, device
+
+
+def sync_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:
+    """``model`` with every BatchNorm converted to ``SyncBatchNorm`` (statistics over all processes).
+
+    Returns ``(model, number of converted norms)``. Parameters and running statistics
+    are kept (the same tensors), and the norms a frozen stage holds in eval mode stay
+    there (:class:`~drmm.models.backbone.ResNetBody` re-applies it in ``train()``).
+    torch runs SyncBatchNorm under DDP on GPUs only (DDP refuses it for CPU modules).
+    """
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, sum(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
 
 
 def _reduce_flag(flag: bool, device: torch.device, op: dist.ReduceOp) -> bool:

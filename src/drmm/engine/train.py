@@ -31,7 +31,7 @@ from ..evaluation.inference import run_inference
 from ..models import build_detector, load_checkpoint
 from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
-from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed
+from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
 from .runlog import append_row, cut_log
 from .sampling import EpochBatchSampler, SeededSamples
 from .schedule import lr_factor
@@ -94,9 +94,11 @@ class Trainer:
         self.model = build_detector(cfg).to(self.device)
         if self.world > 1 and t.sync_bn:
             if self.device.type == "cpu":
-                raise ValueError("train.sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU); "
+                raise ValueError("train.sync_bn needs GPUs: torch runs SyncBatchNorm under DDP on GPUs only "
+                                 "(each process then normalises with its own batch statistics); "
                                  "pass --set train.sync_bn=false")
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model, n = sync_batchnorm(self.model)
+            logger.info("train.sync_bn: %d BatchNorm layers synchronised across %d processes", n, self.world)
         self.ddp = None
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..structures import StageOutput
 from .backbone import LEVELS, STRIDES
 from .box_ops import box_iof, update_xyzr, xyxy_to_xyzr, xyzr_to_xyxy, xyzr_wh
-from .layers import check_topk_ratio, feedforward, init_decoder, keep_top
+from .layers import check_topk, feedforward, init_decoder, prune_top
 
 
 def position_embedding(xyzr: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -202,10 +202,10 @@ class AdaMixerStage(nn.Module):
 class AdaMixerDecoder(nn.Module):
     """The stages in sequence on the neck's P2-P5; same call as the Sparse R-CNN decoder."""
 
-    def __init__(self, stages: list[AdaMixerStage], topk_ratio: float = 1.0) -> None:
+    def __init__(self, stages: list[AdaMixerStage], topk_ratio: float = 1.0, topk_mode: str = "released") -> None:
         super().__init__()
         self.stages = nn.ModuleList(stages)
-        self.topk_ratio = check_topk_ratio(topk_ratio)
+        self.topk_ratio, self.topk_mode = check_topk(topk_ratio, topk_mode)
         init_decoder(self)
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, content: Tensor,
@@ -217,8 +217,7 @@ class AdaMixerDecoder(nn.Module):
         outputs = []
         for i, stage in enumerate(self.stages):
             out, xyzr = stage(feats, xyzr, content)
+            out, (xyzr, content) = prune_top(out, stage.head.ranking(out).detach(), self.topk_ratio, self.topk_mode,
+                                             i == len(self.stages) - 1, xyzr.detach(), out.features)
             outputs.append(out)
-            xyzr, content = xyzr.detach(), out.features
-            if self.topk_ratio < 1 and i < len(self.stages) - 1:
-                xyzr, content = keep_top(stage.head.ranking(out).detach(), self.topk_ratio, xyzr, content)
         return outputs

@@ -48,12 +48,14 @@ def clean_boxes(boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
     return torch.cat([lo, hi], dim=-1)
 
 
-def boxes_to_original(boxes: Tensor, resized: tuple[int, int], original: tuple[int, int]) -> Tensor:
-    """``[N, 4]`` boxes of the resized input mapped back to the original image and clipped to it."""
+def boxes_to_original(boxes: Tensor, resized: tuple[int, int], original: tuple[int, int],
+                      clip: bool = True) -> Tensor:
+    """``[N, 4]`` boxes of the resized input mapped back to the original image and (``clip``) clipped to it."""
     (rh, rw), (oh, ow) = resized, original
     boxes = boxes * boxes.new_tensor([ow / rw, oh / rh, ow / rw, oh / rh])
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
+    if clip:
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
     return boxes
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..structures import ForwardTrace, StageOutput
-from .backbone import fold_frozen_batchnorm
+from .backbone import fold_batchnorm
 from .heads import MixtureHead
 
 
@@ -51,7 +51,7 @@ class Detector(nn.Module):
         return isinstance(self.head, MixtureHead)
 
     def optimize_for_inference(self, channels_last: bool = True, compile: bool = False) -> "Detector":
-        """Eval mode, frozen BatchNorms folded into the convs, channels_last weights; for inference only.
+        """Eval mode, the backbone's BatchNorms folded into the convs, channels_last weights; for inference only.
 
         Same detections (to float rounding), about 20-30% less CPU time for the R50
         model (``docs/benchmarks.md``). ``compile`` also wraps the decoder in
@@ -60,7 +60,7 @@ class Detector(nn.Module):
         ``state_dict`` no longer matches a checkpoint's, so save before, not after.
         """
         self.eval()
-        fold_frozen_batchnorm(self.backbone.body)
+        fold_batchnorm(self.backbone.body)
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if compile:

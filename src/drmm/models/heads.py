@@ -61,6 +61,14 @@ class _Head(nn.Module):
     def reset_parameters(self) -> None:
         """The head's own initialisation, applied after the decoder's Xavier init."""
 
+    def scores(self, stage: StageOutput) -> Tensor:
+        """``[B, K, C]`` confidence of each (component, class) pair; 0 for components top-k pruning dropped."""
+        scores = self.pair_scores(stage)
+        return scores if stage.kept is None else scores * stage.kept[..., None]
+
+    def pair_scores(self, stage: StageOutput) -> Tensor:
+        raise NotImplementedError
+
 
 class MixtureHead(_Head):
     """D-RMM's mixture component per proposal: mixing weight, 4-D Cauchy, categorical.
@@ -93,7 +101,7 @@ class MixtureHead(_Head):
             raw_scale = relative_raw_scale(raw_scale, box_whwh(proposals))
         return StageOutput(proposals, boxes, cls[..., 1:], cls[..., 0], raw_scale, features)
 
-    def scores(self, stage: StageOutput) -> Tensor:
+    def pair_scores(self, stage: StageOutput) -> Tensor:
         """``[B, K, C]`` confidence ``p_k[c] * o_k``."""
         return stage.class_logits.float().softmax(-1) * stage.objectness_logit.float().sigmoid()[..., None]
 
@@ -120,7 +128,7 @@ class BoxHead(_Head):
     def reset_parameters(self) -> None:
         nn.init.constant_(self.cls_out.bias, -math.log((1 - FOCAL_PRIOR) / FOCAL_PRIOR))
 
-    def scores(self, stage: StageOutput) -> Tensor:
+    def pair_scores(self, stage: StageOutput) -> Tensor:
         """``[B, K, C]`` sigmoid class scores."""
         return stage.class_logits.float().sigmoid()
 

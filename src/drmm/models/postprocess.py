@@ -13,13 +13,18 @@ from .box_ops import boxes_to_original, clean_boxes
 
 
 class TopKPostProcess(nn.Module):
-    """Keep the ``detections_per_image`` highest of the K x C pair scores per image; no NMS."""
+    """Keep the ``detections_per_image`` highest of the K x C pair scores per image; no NMS.
 
-    def __init__(self, detections_per_image: int = 100) -> None:
+    ``clip``: boxes with their corners in order, clipped to the image (drmm's output);
+    otherwise as predicted, only scaled back (the released inference).
+    """
+
+    def __init__(self, detections_per_image: int = 100, clip: bool = True) -> None:
         super().__init__()
         if detections_per_image < 1:
             raise ValueError(f"detections_per_image must be >= 1, got {detections_per_image}")
         self.detections_per_image = detections_per_image
+        self.clip = clip
 
     def select(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``scores [B, K, C]`` -> the kept ``(scores, components, classes)``, each ``[B, top]``, best first."""
@@ -34,11 +39,11 @@ class TopKPostProcess(nn.Module):
 
         ``scores [B, K, C]`` pair confidences, ``boxes [B, K, 4]`` in the coordinates of
         the resized inputs of sizes ``image_sizes``; boxes are cleaned (corners in
-        order, clipped), scaled back to ``original_sizes`` and clipped again.
+        order, clipped; with ``clip``), scaled back to ``original_sizes`` and clipped again.
         Returns ``[{"boxes" [top, 4], "scores" [top], "labels" [top]}]`` per image.
         """
         values, comp, cls = self.select(scores)
-        boxes = clean_boxes(boxes.float(), image_sizes)
-        dets = [{"boxes": boxes_to_original(boxes[i, comp[i]], image_sizes[i], original_sizes[i]),
+        boxes = clean_boxes(boxes.float(), image_sizes) if self.clip else boxes.float()
+        dets = [{"boxes": boxes_to_original(boxes[i, comp[i]], image_sizes[i], original_sizes[i], self.clip),
                  "scores": values[i], "labels": cls[i]} for i in range(len(image_sizes))]
         return dets, comp

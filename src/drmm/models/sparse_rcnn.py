@@ -1,15 +1,17 @@
 """Sparse R-CNN decoder (Sun et al. 2021): dynamic instance-interactive stages.
 
 Each stage pools a ``S x S`` RoI feature per proposal from P2-P5 (with the pooler
-it is handed: torchvision's MultiScaleRoIAlign or the one-call grid_sample RoIAlign),
+it is handed: torchvision's RoIAlign or the one-call grid_sample RoIAlign),
 lets the proposal features attend to each other, mixes them with the RoI feature
 through the dynamic instance-interactive convolution, applies an FFN and hands the
 result to its head (:mod:`drmm.models.heads`), which predicts classes and moves the
 boxes (D-RMM: ``mu = proposal + offset``; baseline: the R-CNN box coder).
 
-The next stage starts from this stage's boxes, detached, reordered and clipped;
-with ``topk_ratio < 1`` only the ``ceil(K * ratio)`` proposals the head ranks highest
-go on, so K shrinks from stage to stage (paper Appendix C.2).
+The next stage starts from this stage's boxes, detached and used as they are
+(released; ``clip_boxes`` reorders their corners and clips them to the image, as
+drmm 0.1 did). With ``topk_ratio < 1`` only the proposals the head ranks highest go
+on, so K shrinks from stage to stage (paper Appendix C.2; see
+:func:`~drmm.models.layers.prune_top`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from ..structures import StageOutput
 from .box_ops import clean_boxes
-from .layers import check_topk_ratio, feedforward, init_decoder, keep_top
+from .layers import check_topk, feedforward, init_decoder, prune_top
 
 
 class DynamicConv(nn.Module):
@@ -86,11 +88,13 @@ class SparseRCNNStage(nn.Module):
 class SparseRCNNDecoder(nn.Module):
     """The stages in sequence, each pooling RoIs at the boxes of the one before."""
 
-    def __init__(self, stages: list[SparseRCNNStage], pooler: nn.Module, topk_ratio: float = 1.0) -> None:
+    def __init__(self, stages: list[SparseRCNNStage], pooler: nn.Module, topk_ratio: float = 1.0,
+                 topk_mode: str = "released", clip_boxes: bool = False) -> None:
         super().__init__()
         self.pooler = pooler
         self.stages = nn.ModuleList(stages)
-        self.topk_ratio = check_topk_ratio(topk_ratio)
+        self.topk_ratio, self.topk_mode = check_topk(topk_ratio, topk_mode)
+        self.clip_boxes = clip_boxes
         init_decoder(self)
 
     def forward(self, features: dict[str, Tensor], boxes: Tensor, pro_features: Tensor,
@@ -101,8 +105,8 @@ class SparseRCNNDecoder(nn.Module):
         outputs = []
         for i, stage in enumerate(self.stages):  # first-stage boxes stay learnable, later ones are detached
             out = stage(self.pooler(features, boxes, padded, canvas), boxes, pro_features)
+            boxes = clean_boxes(out.boxes.detach(), image_sizes) if self.clip_boxes else out.boxes.detach()
+            out, (boxes, pro_features) = prune_top(out, stage.head.ranking(out).detach(), self.topk_ratio,
+                                                   self.topk_mode, i == len(self.stages) - 1, boxes, out.features)
             outputs.append(out)
-            boxes, pro_features = clean_boxes(out.boxes.detach(), image_sizes), out.features
-            if self.topk_ratio < 1 and i < len(self.stages) - 1:
-                boxes, pro_features = keep_top(stage.head.ranking(out).detach(), self.topk_ratio, boxes, pro_features)
         return outputs

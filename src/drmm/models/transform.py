@@ -79,7 +79,7 @@ class ImageTransform(nn.Module):
         if short <= 0:  # resizing disabled
             return image, target
         scale = min(short / min(h, w), self.max_size / max(h, w))
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        nh, nw = max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))  # halves round up, as mmcv
         if (nh, nw) != (h, w):
             image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
         if target is not None:

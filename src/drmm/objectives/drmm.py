@@ -20,7 +20,10 @@ Ablations (paper Tables 2 and 3), chosen with ``nll_mode`` and ``mcm_mode``:
   max component for ground truths left over when G > K).
 * ``beta=0``: NLL only (Table 2 row 3, Table 3 (I)); the MCM entries are exact zeros.
 
-``stop_grad`` applies to the MCM term in every mode, never to the NLL.
+``stop_grad`` applies to the MCM term in every mode, never to the NLL. The scale
+floor passes gradient to ``mu`` as released unless ``detach_floor``. With the
+released top-k ablation a stage's ``kept`` mask restricts every term to the kept
+components (``pi`` normalised over all K).
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ class DRMMObjective(nn.Module):
         min_scale_ratio: float = 0.04,
         nll_mode: str = "mixture",
         mcm_mode: str = "max",
+        detach_floor: bool = False,
     ) -> None:
         super().__init__()
         check_choice("reduction", reduction, REDUCTIONS)
@@ -81,6 +85,7 @@ class DRMMObjective(nn.Module):
         self.min_scale_ratio = min_scale_ratio
         self.nll_mode = nll_mode
         self.mcm_mode = mcm_mode
+        self.detach_floor = detach_floor
 
     def stage_terms(
         self, s: StageOutput, gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor
@@ -90,12 +95,17 @@ class DRMMObjective(nn.Module):
             nll, mcm = mixture_losses(
                 s.boxes, s.raw_scale, s.objectness_logit, s.class_logits, gt_boxes, gt_labels, gt_valid,
                 min_scale_ratio=self.min_scale_ratio, coord_dist=self.coord_dist, stop_grad=self.stop_grad,
+                detach_floor=self.detach_floor, kept=s.kept,
             )
             return nll, mcm, None
         log_pi, log_coord, log_class = mixture_log_terms(
             s.boxes, s.raw_scale, s.objectness_logit, s.class_logits, gt_boxes, gt_labels, gt_valid,
-            min_scale_ratio=self.min_scale_ratio, coord_dist=self.coord_dist,
+            min_scale_ratio=self.min_scale_ratio, coord_dist=self.coord_dist, detach_floor=self.detach_floor,
+            kept=s.kept,
         )
+        if s.kept is not None and "bipartite" in (self.nll_mode, self.mcm_mode):
+            raise ValueError("the bipartite ablations match ground truths to all components; with model.topk_ratio"
+                             " < 1 they need model.topk_mode: next_stage")
         log_comp = log_pi + log_coord + log_class  # [B, G, K]
         sizes = gt_valid.sum(1).tolist()  # pad_targets puts each image's ground truths first
         zero = log_comp.new_zeros(())
@@ -149,7 +159,7 @@ def build_objective(cfg) -> nn.Module:
     if cfg.name == "drmm":
         return DRMMObjective(
             cfg.beta, cfg.reduction, cfg.coord_dist, tuple(cfg.stop_grad), cfg.min_scale_ratio,
-            nll_mode=cfg.nll_mode, mcm_mode=cfg.mcm_mode,
+            nll_mode=cfg.nll_mode, mcm_mode=cfg.mcm_mode, detach_floor=cfg.detach_floor,
         )
     if cfg.name == "hungarian":
         return HungarianObjective(cfg.cls_weight, cfg.l1_weight, cfg.giou_weight, cfg.focal_alpha, cfg.focal_gamma)

@@ -7,11 +7,14 @@ Per stage, every ground truth is matched to one proposal by minimising::
 and the stage loss is ``w_cls`` x sigmoid focal loss over all proposals and classes
 (one-hot targets on matched proposals) + ``w_l1`` x L1 + ``w_giou`` x (1 - GIoU) on
 matched pairs, each divided by the number of ground truths (averaged over
-processes). Boxes are normalised by each image's (w, h) for the L1 terms only;
+processes). With the released top-k pruning (a stage's ``kept`` mask) only the kept
+proposals are matched and enter the focal loss. Boxes are normalised by each image's (w, h) for the L1 terms only;
 GIoU is scale-free. The cost of the whole batch is built in one operation, as in
 DETR's matcher, then solved with one ``linear_sum_assignment`` per image.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -87,7 +90,10 @@ class HungarianObjective(nn.Module):
         boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.float32)
         gt_wh = image_wh.repeat_interleave(torch.tensor(sizes, device=device), dim=0)
 
-        matches = hungarian_match(self.cost_matrix(stage, labels, boxes, image_wh, gt_wh), sizes)
+        cost = self.cost_matrix(stage, labels, boxes, image_wh, gt_wh)
+        if stage.kept is not None:  # released top-k pruning: only the kept proposals are matched and scored
+            cost = cost.masked_fill(~stage.kept[..., None], math.inf)
+        matches = hungarian_match(cost, sizes)
         offsets = [0] + np.cumsum(sizes).tolist()
         b_idx = torch.cat([torch.full_like(p, b) for b, (p, _) in enumerate(matches)]).to(device)
         p_idx = torch.cat([p for p, _ in matches]).to(device)
@@ -96,7 +102,11 @@ class HungarianObjective(nn.Module):
         logits = stage.class_logits.float()
         onehot = torch.zeros_like(logits)
         onehot[b_idx, p_idx, labels[g_idx]] = 1.0
-        focal = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum")
+        if stage.kept is None:
+            focal = sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma, reduction="sum")
+        else:
+            focal = (sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma, reduction="none")
+                     * stage.kept[..., None]).sum()
 
         pred = stage.boxes.float()[b_idx, p_idx]
         l1 = (pred / image_wh[b_idx] - boxes[g_idx] / gt_wh[g_idx]).abs().sum()

@@ -166,7 +166,9 @@ def collect_variant(vdir: Path, val_ann: Path | None = None) -> dict[str, Any]:
 def _reuse(vdir: Path, cfg: Config) -> str | None:
     """A note when the finished run in ``vdir`` was trained with another config than ``cfg``."""
     saved = vdir / "run" / "config.yaml"
-    if saved.is_file() and _comparable(load_config(saved).to_dict()) != _comparable(cfg.to_dict()):
+    if not saved.is_file():
+        return None
+    if _comparable(load_config(saved, written_by_drmm=True).to_dict()) != _comparable(cfg.to_dict()):
         return f"reused from an earlier run whose config differs from this one's; delete {vdir} to run it again"
     return None
 
