@@ -9,13 +9,13 @@ import torch.distributed as dist
 
 
 def init_distributed() -> tuple[int, int, torch.device | None]:
-    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU).
+    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU), also for one process.
 
-    Returns ``(rank, world_size, device)``; ``(0, 1, None)`` for a single process.
+    Returns ``(rank, world_size, device)``; ``(0, 1, None)`` for a plain single process.
     ``device`` is this rank's GPU, or None on the CPU.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, --nproc_per_node=1 too
         return 0, 1, None
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -32,7 +32,7 @@ from ..models import build_detector, load_checkpoint
 from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed
-from .sampling import EpochBatchSampler, SeededSamples
+from .sampling import EpochBatchSampler, SeededSamples, TaggedBatches, loader_workers
 from .schedule import lr_factor
 
 logger = logging.getLogger("drmm.train")
@@ -90,12 +90,16 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_detector(cfg).to(self.device)
-        if self.world > 1 and t.sync_bn:
+        distributed = dist.is_initialized()  # under torchrun, also with one process
+        if distributed and t.sync_bn:
             if self.device.type == "cpu":
                 raise ValueError("train.sync_bn needs GPUs (torch's SyncBatchNorm does not run on the CPU)")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            n = sum(isinstance(m, nn.SyncBatchNorm) for m in self.model.modules())
+            logger.info("%d BatchNorm layers converted to SyncBatchNorm (%s, %d processes)", n,
+                        dist.get_backend(), self.world)
         self.ddp = None
-        if self.world > 1:
+        if distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -110,6 +114,7 @@ class Trainer:
             raise ValueError("train.amp=fp16 needs a GPU; use bf16 or none on the CPU")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
+        self.loader: DataLoader | None = None
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
         if self.is_main:
@@ -153,12 +158,15 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
 
     def _loader(self, epoch: int, start: int) -> DataLoader:
+        """The training batches from batch ``start`` of ``epoch`` on; one DataLoader whose workers outlive epochs."""
         self.sampler.set_epoch(epoch, start)
-        samples = SeededSamples(self.train_set, self.cfg.train.seed, epoch)
-        g = torch.Generator().manual_seed(self.cfg.train.seed)  # keeps the global RNG untouched
-        return DataLoader(samples, batch_sampler=self.sampler, collate_fn=collate_fn,
-                          num_workers=self.cfg.train.num_workers, generator=g,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+        if self.loader is None:
+            workers = loader_workers(self.cfg.train.num_workers, self.device)
+            g = torch.Generator().manual_seed(self.cfg.train.seed)  # keeps the global RNG untouched
+            self.loader = DataLoader(SeededSamples(self.train_set, self.cfg.train.seed), collate_fn=collate_fn,
+                                     batch_sampler=TaggedBatches(self.sampler), num_workers=workers, generator=g,
+                                     persistent_workers=workers > 0, pin_memory=self.device.type == "cuda")
+        return self.loader
 
     def _interval_due(self, interval: int, epoch_end: bool) -> bool:
         t = self.cfg.train
@@ -259,15 +267,23 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not (self.progress and self.is_main),
                    desc="train", dynamic_ncols=True)
         stopped_early = False
+        waited = busy = 0.0  # seconds waiting for batches / in train_step since the last log row
+        steps = 0
         while self.step < self.total_steps and not stopped_early:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            tick = time.perf_counter()
             for images, targets in self._loader(epoch, in_epoch):
-                row = self.train_step(images, targets)
+                got = time.perf_counter()
+                row = self.train_step(images, targets)  # synchronises the device (it reads the loss)
+                waited, busy, steps = waited + got - tick, busy + time.perf_counter() - got, steps + 1
                 self.step += 1
                 bar.update(1)
                 if row is not None and (self.step % t.log_interval == 0 or self.step == 1):
                     row.update(type="train", step=self.step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
-                               time=round(time.time() - start_time, 2))
+                               time=round(time.time() - start_time, 2), data_time=round(waited / steps, 5),
+                               step_time=round(busy / steps, 5))
+                    waited = busy = 0.0
+                    steps = 0
                     self._log(row)
                     bar.set_postfix(loss=f"{row['loss']:.2f}", lr=f"{row['lr']:.2e}")
                 epoch_end = self.step % self.steps_per_epoch == 0
@@ -278,6 +294,8 @@ class Trainer:
                     logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
                     stopped_early = True
                     break
+                tick = time.perf_counter()
+        self.loader = None  # ends the workers
         bar.close()
         # Final evaluation and checkpoint, whatever the intervals say.
         metrics = self.evaluate() if self.val_set is not None else {}
