@@ -66,7 +66,7 @@ class Trainer:
                  device: str | None = None, progress: bool = True) -> None:
         self.cfg, self.data, self.out = cfg, data, Path(out_dir)
         self.progress = progress
-        self.rank, self.world, dist_device = init_distributed()
+        self.rank, self.world, dist_device = init_distributed(device)
         self.is_main = self.rank == 0
         self.device = torch.device(device) if device else dist_device or torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
@@ -282,6 +282,8 @@ class Trainer:
                     row.update(type="train", step=self.step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
                                time=round(time.time() - start_time, 2), data_time=round(waited / steps, 5),
                                step_time=round(busy / steps, 5))
+                    if self.device.type == "cuda":  # peak since the start, parameters and AdamW state included
+                        row["max_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
                     waited = busy = 0.0
                     steps = 0
                     self._log(row)
