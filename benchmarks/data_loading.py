@@ -99,7 +99,7 @@ def gpu_decode_rate(root: Path, n: int, batch: int, device: torch.device) -> dic
 
 
 def data_wait_share(root: Path, config: str, overrides: list[str], iters: int, device: torch.device) -> dict[str, Any]:
-    """``iters`` iterations of the trainer on ``root``; mean data_time, step_time and the data share (first row excluded)."""
+    """``iters`` trainer iterations on ``root``: mean data_time, step_time, data share (first row left out)."""
     from drmm.engine.train import DataPaths, train
 
     cfg = load_config(config, [*overrides, f"train.max_iters={iters}", "train.log_interval=1", "train.eval_interval=0",
@@ -109,7 +109,8 @@ def data_wait_share(root: Path, config: str, overrides: list[str], iters: int, d
         rows = [json.loads(line) for line in (Path(tmp) / "log.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r.get("type") == "train"][1:]
     data, step = sum(r["data_time"] for r in rows), sum(r["step_time"] for r in rows)
-    return {"iterations": iters, "workers": loader_workers(cfg.train.num_workers, device), "batch": cfg.train.batch_size,
+    workers = loader_workers(cfg.train.num_workers, device)
+    return {"iterations": iters, "workers": workers, "batch": cfg.train.batch_size,
             "data_time_s": data / len(rows), "step_time_s": step / len(rows), "data_share": data / (data + step)}
 
 
@@ -161,12 +162,14 @@ def main() -> None:
 def print_size(size: str, r: dict[str, Any], batch: int) -> None:
     p = r["per_process"]
     print(f"\n{size} JPEGs, one process: decode PIL {p['decode_pil']:.0f} img/s, torchvision "
-          f"{p['decode_torchvision']:.0f} img/s; decode + paper augmentation + float {p['sample_with_augmentation']:.0f} img/s")
+          f"{p['decode_torchvision']:.0f} img/s; decode + paper augmentation + float "
+          f"{p['sample_with_augmentation']:.0f} img/s")
     for n, lr in r["loader"].items():
         print(f"  training loader, batch {batch}, {n} workers: {lr['images_per_s']:.0f} img/s "
               f"(startup {lr['startup_s']:.1f} s)")
     if "gpu_decode" in r:
-        print(f"  decode_jpeg on the GPU, batches of {r['gpu_decode']['batch']}: {r['gpu_decode']['images_per_s']:.0f} img/s")
+        d = r["gpu_decode"]
+        print(f"  decode_jpeg on the GPU, batches of {d['batch']}: {d['images_per_s']:.0f} img/s")
     if "train" in r:
         t = r["train"]
         print(f"  drmm train, {t['iterations']} iterations, batch {t['batch']}: waits {1000 * t['data_time_s']:.1f} ms "

@@ -113,7 +113,9 @@ def measure(model: nn.Module, images: list[torch.Tensor], key: str, dtype: str, 
 
 def profile(model: nn.Module, images: list[torch.Tensor], device: torch.device, dtype: str, calls: int = 5) -> str:
     """Top ops by device (or CPU) time over ``calls`` calls, and the share of wall time the GPU was busy."""
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.inference_mode(), autocast(device, dtype):
         model(images)
         bc.sync(device)
@@ -128,7 +130,7 @@ def profile(model: nn.Module, images: list[torch.Tensor], device: torch.device, 
     sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     head = f"{calls} calls, {1000 * wall / calls:.2f} ms each"
     if device.type == "cuda":
-        head += f"; GPU busy {100 * busy / wall:.0f}% of the wall time (kernel time summed; far under 100%: launch bound)"
+        head += f"; GPU busy {100 * busy / wall:.0f}% of the wall time (kernels summed; far under 100%: launch bound)"
     head += "\n"
     return head + events.table(sort_by=sort, row_limit=30)
 

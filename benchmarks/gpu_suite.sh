@@ -18,11 +18,12 @@ PY=${PYTHON:-python3}
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OUT
 SMOKE=${SMOKE:-}
 S=${SMOKE:+--smoke}
+LIMIT_FACTOR=${LIMIT_FACTOR:-$([ -n "$SMOKE" ] && echo 5 || echo 1)}  # a CPU dry run is slower than a GPU
 DATA=${DATA:-/tmp/drmm_jpegs}
 CUDA=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 
-step() {  # step SECONDS command...: run with a time limit; a failure is reported, not fatal
-    local limit=$1
+step() {  # step SECONDS command...: run with a time limit (x LIMIT_FACTOR); a failure is reported, not fatal
+    local limit=$(($1 * LIMIT_FACTOR))
     shift
     echo "== $(date +%T) $* (limit ${limit}s)"
     timeout -k 10 "$limit" "$@"
@@ -39,6 +40,10 @@ header() {
     df -h /dev/shm | tail -1
 }
 
+budget() {  # --budget-s SECONDS: a script starts no new measurement after that (none in a dry run)
+    [ -n "$SMOKE" ] || echo --budget-s "$1"
+}
+
 train_args() {  # the paper's R50 recipe (configs/drmm_r50.yaml) at batch 2 per GPU, or a tiny stand-in for SMOKE
     local amp=$1 iters=$2
     echo --config configs/drmm_r50.yaml --set train.amp="$amp" --set train.max_iters="$iters" \
@@ -53,10 +58,10 @@ part1() {  # about 9 minutes on an H100
     header 1
     if [ -n "$SMOKE" ]; then export DRMM_TEST_DEVICE=${DRMM_TEST_DEVICE:-cpu}; fi
     step 140 $PY -m pytest -q -m gpu tests/test_gpu.py
-    step 200 $PY benchmarks/gpu_inference.py --no-compile --runs 15 --warmup 3 --profile --budget-s 170 $S
-    step 120 $PY benchmarks/gpu_train.py --batches 2,16 --runs 8 --profile --budget-s 100 $S
+    step 200 $PY benchmarks/gpu_inference.py --no-compile --runs 15 --warmup 3 --profile $(budget 170) $S
+    step 120 $PY benchmarks/gpu_train.py --batches 2,16 --runs 8 --profile $(budget 100) $S
     step 50 $PY benchmarks/gpu_train.py --batches 2 --size 800x1333 --runs 5 --warmup 2 \
-        --name train_memory_800x1333 --budget-s 35 $S
+        --name train_memory_800x1333 $(budget 35) $S
     if [ "$CUDA" = 1 ]; then step 40 $PY benchmarks/objective_cost.py --device cuda --runs 20; fi
 }
 
@@ -65,9 +70,9 @@ part2() {  # about 9 minutes on an H100
     local size n iters amp16
     read -r size n iters amp16 <<< "$(run_sizes)"
     step 140 $PY benchmarks/gpu_inference.py --only-compile --compile-variants cudagraphs \
-        --compile-cells bf16:1,fp16:1,fp32:1,bf16:8 --name inference_cudagraphs --budget-s 110 $S
+        --compile-cells bf16:1,fp16:1,fp32:1,bf16:8 --name inference_cudagraphs $(budget 110) $S
     step 80 $PY benchmarks/gpu_inference.py --only-compile --compile-variants compiled,cudagraphs_all \
-        --compile-cells bf16:1 --name inference_compiled --budget-s 50 $S
+        --compile-cells bf16:1 --name inference_compiled $(budget 50) $S
     step 40 $PY benchmarks/coco_jpegs.py "$DATA/jpeg_$size" --train "$n" --size "$size"
     step 50 $PY benchmarks/data_loading.py --data "$DATA" --n "$n" --sizes "480x640,$size" --batch 16 \
         --workers "1,4,8,$(nproc)" $S

@@ -173,7 +173,8 @@ def main() -> None:
                     profiles.append(f"== {objective}, batch {batch}, {dtype}\n{row.pop('profile')}")
                 rows.append(row)
                 print(f"{objective:<9} b{batch:<3} {dtype}: " + (row.get("error") or (
-                    f"{row['images_per_s']:7.2f} img/s, step {row['step_ms']:7.1f} ms (forward {row['forward_ms']:.1f}, "
+                    f"{row['images_per_s']:7.2f} img/s, step {row['step_ms']:7.1f} ms "
+                    f"(forward {row['forward_ms']:.1f}, "
                     f"matching {row['matching_ms']:.1f}), peak {row['peak_allocated_gib'] or 0:.2f} GiB, "
                     f"loss {row['last_loss']:.4g}")), flush=True)
                 bc.write_json(out / f"{args.name}.json", payload)

@@ -201,3 +201,17 @@ def test_persistent_workers_give_the_same_batches_across_epochs(synth, tmp_path)
         assert len(got) == len(expected) == 8 - start
         assert all(torch.equal(a, b) for x, y in zip(got, expected) for a, b in zip(x, y)), (epoch, start)
     assert trainer.loader.persistent_workers and trainer.loader.num_workers == 2
+
+
+def test_default_loader_workers(monkeypatch):
+    from drmm.engine.sampling import loader_workers
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert (loader_workers(None, gpu), loader_workers(None, cpu)) == (8, 2)
+    assert (loader_workers(3, gpu), loader_workers(0, cpu)) == (3, 0)  # asked for: kept
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPUs share the 16 cores
+    assert loader_workers(None, gpu) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert loader_workers(None, gpu) == 1
