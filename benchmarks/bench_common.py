@@ -122,6 +122,30 @@ class Budget:
         return self.deadline is not None and time.monotonic() > self.deadline
 
 
+@torch.no_grad()
+def calibrate_batchnorm(model: torch.nn.Module, run: Callable[[], Any]) -> int:
+    """Give every BatchNorm (frozen or not) the mean / variance of its input in one call of ``run``.
+
+    Random weights with BatchNorm statistics of 0 / 1 normalise nothing, so activations
+    grow layer after layer (fp16 overflows in a random ResNet-101); trained weights keep
+    them near unit scale, and so does this. Each BatchNorm takes the statistics of what
+    reaches it after the earlier ones were set, in the same pass. Returns how many were set.
+    """
+    def set_stats(module: torch.nn.Module, inputs: tuple) -> None:
+        x = inputs[0].float()
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)))
+
+    norms = [m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)]
+    hooks = [m.register_forward_pre_hook(set_stats) for m in norms]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return len(norms)
+
+
 def parse_list(text: str, kind: type = str) -> list:
     return [kind(x.strip()) for x in text.split(",") if x.strip()]
 

@@ -1,8 +1,9 @@
 """Inference throughput on a GPU: D-RMM (R50, R101, Swin-T, AdaMixer R50) vs Sparse R-CNN and Faster R-CNN.
 
 Every model at 800 x 1333 (the input is made that size and the model keeps it), batch
-1 and 8, fp32 / bf16 / fp16 (autocast), random weights, eval mode under
-``torch.inference_mode``, cuDNN benchmark on. Variants: ``plain`` (as built),
+1 and 8, fp32 / bf16 / fp16 (autocast), random weights with BatchNorm statistics set
+from one image (``bench_common.calibrate_batchnorm``: trained-like activation scales),
+eval mode under ``torch.inference_mode``, cuDNN benchmark on. Variants: ``plain`` (as built),
 ``optimized`` (what ``drmm eval`` / ``predict`` run: ``optimize_for_inference``,
 frozen BatchNorms folded + channels_last; torchvision's Faster R-CNN: channels_last),
 and for the models in ``--compile-models`` the decoder under ``torch.compile``:
@@ -156,6 +157,8 @@ def main() -> None:
     ap.add_argument("--tolerance", default="fp32:0.01,fp16:0.02,bf16:0.08",
                     help="relative error of boxes / scores vs plain fp32 accepted per dtype")
     ap.add_argument("--profile", action="store_true", help="profile D-RMM R50 optimized, batch 1, bf16")
+    ap.add_argument("--no-calibrate-bn", action="store_true",
+                    help="keep BatchNorm statistics at 0 / 1 (default: set from one image, see bench_common)")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new cell after this many seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and runs: checks the script runs")
@@ -184,7 +187,9 @@ def main() -> None:
 
     for key in bc.parse_list(args.models):
         label = MODELS[key][0]
-        base = build(key, h, w, args.smoke).eval()
+        base = build(key, h, w, args.smoke).eval().to(device)
+        if not args.no_calibrate_bn:  # trained-like activation scales (fp16 overflows a random R101 otherwise)
+            bc.calibrate_batchnorm(base, lambda: base(all_images[:1]))
         variants = [] if args.only_compile else bc.parse_list(args.variants)
         if key in compile_models:
             variants += bc.parse_list(args.compile_variants)
@@ -217,10 +222,11 @@ def main() -> None:
                     except Exception as e:  # noqa: BLE001 - one failing cell must not end the run
                         row["error"] = f"{type(e).__name__}: {e}"[:500]
                     rows.append(row)
-                    print(f"{label:<22} {variant:<14} {dtype:<5} b{batch}: " + (
-                        row.get("error") or f"{row['images_per_s']:8.2f} img/s, {row['ms_per_image']:7.2f} ms/img, "
-                        f"first call {row['first_call_s']:.1f} s, errors {row.get('boxes_rel_err', 0):.1e} / "
-                        f"{row.get('scores_rel_err', 0):.1e}"), flush=True)
+                    print(f"{label:<22} {variant:<14} {dtype:<5} b{batch}: " + (row.get("error") or (
+                        f"{row['images_per_s']:8.2f} img/s, {row['ms_per_image']:7.2f} ms/img, "
+                        f"first call {row['first_call_s']:.1f} s, errors vs fp32 (boxes / scores) "
+                        + " / ".join(f"{row[k]:.1e}" if k in row else "-" for k in ("boxes_rel_err", "scores_rel_err")))),
+                        flush=True)
                     bc.write_json(out / f"{args.name}.json", payload)
                     if compiled:
                         del cell_model
@@ -230,7 +236,7 @@ def main() -> None:
                 (out / "profile_inference.txt").write_text(text)
                 print(text.split("\n")[0])
             del model
-            gc.collect()
+            gc.collect()  # the next variant starts from a clean allocator
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     bc.write_json(out / f"{args.name}.json", payload)

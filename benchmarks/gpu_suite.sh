@@ -92,7 +92,7 @@ part3() {  # about 6 minutes: torchrun + NCCL + SyncBatchNorm, then the whole te
     step 40 $PY benchmarks/coco_jpegs.py "$DATA/jpeg_$size" --train "$n" --size "$size"
     # shellcheck disable=SC2046,SC2086
     step 90 $PY benchmarks/train_run.py --name torchrun_nccl_syncbn --torchrun --data "$DATA/jpeg_$size" \
-        --timeout 80 -- $(train_args bf16 30) --set train.sync_bn=$sync $dev
+        --timeout 80 -- $(train_args bf16 "$([ -n "$SMOKE" ] && echo 4 || echo 30)") --set train.sync_bn=$sync $dev
     if [ -n "$SMOKE" ]; then step 60 $PY -m pytest -q tests/test_layout.py; else step 400 $PY -m pytest -q; fi
 }
 

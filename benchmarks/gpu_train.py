@@ -70,7 +70,10 @@ def run_cell(cfg, objective: str, images, targets, dtype: str, device: torch.dev
     """Median step of one fresh model; peak memory over its warm-up and timed steps."""
     torch.manual_seed(0)
     c = apply_overrides(cfg, [f"objective.name={objective}"])
-    model = build_detector(c).to(device).train()
+    model = build_detector(c).to(device).eval()
+    with torch.autocast(device.type, enabled=False):
+        bc.calibrate_batchnorm(model, lambda: model([im.to(device) for im in images[:1]]))  # trained-like scales
+    model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=c.train.lr, weight_decay=c.train.weight_decay)
     amp = DTYPES[dtype]

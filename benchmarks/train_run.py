@@ -16,6 +16,8 @@ import argparse
 import json
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from typing import Any
 import bench_common as bc
 
 
-def summarise(run_dir: Path, returncode: int, seconds: float, stderr: str) -> dict[str, Any]:
+def summarise(run_dir: Path, returncode: int | str, seconds: float, stderr: str) -> dict[str, Any]:
     rows = []
     if (run_dir / "log.jsonl").is_file():
         rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
@@ -44,7 +46,7 @@ def summarise(run_dir: Path, returncode: int, seconds: float, stderr: str) -> di
             peak_memory_gib=max((r.get("max_memory_gib") or 0) for r in train) or None,
         )
     out["trainer_said"] = [line for line in stderr.splitlines()
-                           if any(k in line for k in ("SyncBatchNorm", "non-finite", "Error", "error", "NCCL"))][-20:]
+                           if any(k in line for k in ("SyncBatchNorm", "process group", "non-finite", "rror", "NCCL"))][-20:]
     return out
 
 
@@ -64,14 +66,23 @@ def main() -> None:
     if args.torchrun:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29541",
                     "-m", "drmm"]
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: its log alone
     cmd = [*launcher, "train", "--data", args.data, "--out", str(run_dir), "--no-progress", *rest]
     print(" ".join(cmd), flush=True)
     t = time.perf_counter()
+    # its own process group, so a timeout ends torchrun's worker too
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-        code, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as e:
-        code, stdout, stderr = -9, str(e.stdout or ""), str(e.stderr or "")
+        stdout, stderr = proc.communicate(timeout=args.timeout)
+        code = proc.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            stdout, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+        code = "timeout"
     summary = summarise(run_dir, code, time.perf_counter() - t, stderr)
     summary["command"] = cmd
     out = bc.out_dir(args.out)
@@ -79,7 +90,7 @@ def main() -> None:
     runs = json.loads(path.read_text()) if path.is_file() else {}
     runs[args.name] = summary
     bc.write_json(path, runs)
-    print(stdout[-1500:] + stderr[-2500:] if code else stdout[-800:])
+    print(stdout[-1500:] + stderr[-2500:] if code != 0 else stdout[-800:])
     print(json.dumps({k: v for k, v in summary.items() if k != "command"}, indent=1))
 
 

@@ -100,6 +100,8 @@ class Trainer:
                         dist.get_backend(), self.world)
         self.ddp = None
         if distributed:
+            logger.info("process group: %s, %d processes, this one rank %d on %s", dist.get_backend(), self.world,
+                        self.rank, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         params = [p for p in self.model.parameters() if p.requires_grad]
