@@ -42,7 +42,7 @@ from drmm.engine.sampling import EpochBatchSampler, SeededSamples, TaggedBatches
 
 
 def per_image_rates(root: Path, n: int) -> dict[str, float]:
-    """Images/s of one process: PIL decode, torchvision decode, a whole augmented training sample."""
+    """Images/s of one process with one thread (a worker): PIL decode, torchvision decode, a whole training sample."""
     paths = sorted((root / "train").glob("*.jpg"))[:n]
     dataset = CocoDetection(root / "annotations/train.json", root / "train", build_transforms(DataConfig(), True))
     samples = SeededSamples(dataset, seed=0)
@@ -51,13 +51,15 @@ def per_image_rates(root: Path, n: int) -> dict[str, float]:
         "decode_torchvision": lambda i: torchvision.io.decode_jpeg(torchvision.io.read_file(str(paths[i]))),
         "sample_with_augmentation": lambda i: samples[(0, i)],
     }
-    rates = {}
+    rates, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
     for name, job in jobs.items():
         job(0)
         t = time.perf_counter()
         for i in range(len(paths)):
             job(i)
         rates[name] = len(paths) / (time.perf_counter() - t)
+    torch.set_num_threads(threads)
     return rates
 
 
