@@ -150,7 +150,10 @@ def main() -> None:
         for n_workers in workers:
             r["loader"][n_workers] = loader_rate(root, args.batch, n_workers, device, args.batches)
         if device.type == "cuda":
-            r["gpu_decode"] = gpu_decode_rate(root, args.n, args.batch, device)
+            try:
+                r["gpu_decode"] = gpu_decode_rate(root, args.n, args.batch, device)
+            except Exception as e:  # noqa: BLE001 - a torchvision built without nvJPEG
+                r["gpu_decode_error"] = f"{type(e).__name__}: {e}"[:300]
         if args.train_iters:
             config = args.config or packaged_config("demo_cpu.yaml" if device.type == "cpu" else "drmm_r50.yaml")
             paper_data = ["data.scale=1.0", "data.flip=true", "data.crop=true"]  # the paper's augmentation
