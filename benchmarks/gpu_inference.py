@@ -171,7 +171,8 @@ def main() -> None:
     device = bc.pick_device(args.device)
     torch.backends.cudnn.benchmark = True
     torch._dynamo.config.automatic_dynamic_shapes = False  # each batch size compiles its own static graph
-    torch._dynamo.config.cache_size_limit = 64
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, limit, 64)
     out, budget = bc.out_dir(args.out), bc.Budget(args.budget_s)
     env = bc.environment(device)
     print(bc.describe(env), flush=True)
