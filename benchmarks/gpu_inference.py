@@ -38,13 +38,13 @@ import bench_common as bc
 from drmm.config import load_config, packaged_config
 from drmm.models import build_detector
 
-MODELS = {  # key: (label, packaged config; None = torchvision)
+MODELS = {  # key: (label, packaged config; None = torchvision); the references first, in case the budget ends
     "drmm_r50": ("D-RMM R50", "drmm_r50.yaml"),
+    "faster_rcnn": ("Faster R-CNN R50-FPN", None),
+    "sparse_rcnn_r50": ("Sparse R-CNN R50", "sparse_rcnn_r50.yaml"),
     "drmm_r101": ("D-RMM R101", "drmm_r101.yaml"),
     "drmm_swin_t": ("D-RMM Swin-T", "drmm_swin_t.yaml"),
     "drmm_adamixer_r50": ("D-RMM AdaMixer R50", "drmm_adamixer_r50.yaml"),
-    "sparse_rcnn_r50": ("Sparse R-CNN R50", "sparse_rcnn_r50.yaml"),
-    "faster_rcnn": ("Faster R-CNN R50-FPN", None),
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_VARIANTS = ("compiled", "cudagraphs", "cudagraphs_all")
