@@ -59,7 +59,7 @@ part1() {  # about 9 minutes on an H100
     if [ -n "$SMOKE" ]; then export DRMM_TEST_DEVICE=${DRMM_TEST_DEVICE:-cpu}; fi
     step 140 $PY -m pytest -q -m gpu tests/test_gpu.py
     step 200 $PY benchmarks/gpu_inference.py --no-compile --runs 15 --warmup 3 --profile $(budget 170) $S
-    step 120 $PY benchmarks/gpu_train.py --batches 2,16 --runs 8 --profile $(budget 100) $S
+    step 120 $PY benchmarks/gpu_train.py --batches 2,16 --runs 6 --warmup 2 --profile $(budget 100) $S
     step 50 $PY benchmarks/gpu_train.py --batches 2 --size 800x1333 --runs 5 --warmup 2 \
         --name train_memory_800x1333 $(budget 35) $S
     if [ "$CUDA" = 1 ]; then step 40 $PY benchmarks/objective_cost.py --device cuda --runs 20; fi
