@@ -123,14 +123,24 @@ class Budget:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: torch.nn.Module, run: Callable[[], Any]) -> int:
-    """Give every BatchNorm (frozen or not) the mean / variance of its input in one call of ``run``.
+def trained_like(model: torch.nn.Module, run: Callable[[], Any], residual_scale: float = 0.1) -> int:
+    """Random weights with trained-like activations: small residual branches, BatchNorm statistics measured.
 
-    Random weights with BatchNorm statistics of 0 / 1 normalise nothing, so activations
-    grow layer after layer (fp16 overflows in a random ResNet-101); trained weights keep
-    them near unit scale, and so does this. Each BatchNorm takes the statistics of what
-    reaches it after the earlier ones were set, in the same pass. Returns how many were set.
+    With BatchNorm statistics of 0 / 1 a random ResNet normalises nothing and its
+    activations grow layer after layer (fp16 overflows a random ResNet-101); with
+    statistics measured but full residual branches it is chaotic (bf16 rounding
+    changes its outputs by ~40%), unlike a trained network. So the last BatchNorm of
+    every torchvision residual block is scaled by ``residual_scale`` (as Fixup /
+    SkipInit start), then every BatchNorm takes the mean / variance of its input in
+    one call of ``run`` (each after the earlier ones were set, in the same pass).
+    The amount of work is unchanged. Returns how many BatchNorms were set.
     """
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    for block in model.modules():
+        if isinstance(block, (Bottleneck, BasicBlock)):
+            (block.bn3 if isinstance(block, Bottleneck) else block.bn2).weight.mul_(residual_scale)
+
     def set_stats(module: torch.nn.Module, inputs: tuple) -> None:
         x = inputs[0].float()
         module.running_mean.copy_(x.mean((0, 2, 3)))

@@ -72,7 +72,7 @@ def run_cell(cfg, objective: str, images, targets, dtype: str, device: torch.dev
     c = apply_overrides(cfg, [f"objective.name={objective}"])
     model = build_detector(c).to(device).eval()
     with torch.autocast(device.type, enabled=False):
-        bc.calibrate_batchnorm(model, lambda: model([im.to(device) for im in images[:1]]))  # trained-like scales
+        bc.trained_like(model, lambda: model([im.to(device) for im in images[:1]]))  # stable activations
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=c.train.lr, weight_decay=c.train.weight_decay)
