@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all test-gpu demo bench bench-gpu bench-gpu-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,20 @@ test-all: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/drmm demo
 
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu
+
+# make bench: the benchmarks of the device present (CPU set, or the quick GPU set with CUDA).
+# make bench-gpu: everything of issue 13 on a GPU (about 25 min; a device call runs one
+# part: bash benchmarks/gpu_suite.sh 1|2|3). bench-gpu-smoke: a tiny dry run of it on any machine.
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+bench-gpu: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_suite.sh all
+
+bench-gpu-smoke: $(STAMP)
+	SMOKE=1 PYTHON=$(PY) bash benchmarks/gpu_suite.sh all
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

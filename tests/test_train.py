@@ -14,7 +14,7 @@ from PIL import Image
 from drmm.config import load_config, save_config
 from drmm.data import generate_synthetic
 from drmm.engine.runlog import cut_log
-from drmm.engine.sampling import EpochBatchSampler
+from drmm.engine.sampling import EpochBatchSampler, SeededSamples
 from drmm.engine.schedule import lr_factor
 from drmm.engine.train import DataPaths, Trainer, train
 from drmm.models import load_checkpoint
@@ -244,3 +244,33 @@ def test_demo_recipe_builds_and_steps():
     loss = sum(model(images, targets).values())
     loss.backward()
     assert torch.isfinite(loss)
+
+
+
+def test_persistent_workers_give_the_same_batches_across_epochs(synth, tmp_path):
+    """One DataLoader whose workers outlive epochs == each epoch's samples drawn afresh in this process."""
+    cfg = small_cfg(num_workers=2)
+    trainer = Trainer(cfg, DataPaths.from_dir(synth), tmp_path / "run", progress=False)
+    reference = EpochBatchSampler(len(trainer.train_set), cfg.train.batch_size, cfg.train.seed)
+    for epoch, start in [(0, 0), (1, 0), (2, 3), (0, 5)]:  # a resume starts mid-epoch
+        reference.set_epoch(epoch, start)
+        samples = SeededSamples(trainer.train_set, cfg.train.seed, epoch)  # the epoch set on the dataset
+        expected = [[samples[i][0] for i in batch] for batch in reference]
+        got = [images for images, _ in trainer._loader(epoch, start)]
+        assert len(got) == len(expected) == 8 - start
+        assert all(torch.equal(a, b) for x, y in zip(got, expected) for a, b in zip(x, y)), (epoch, start)
+    assert trainer.loader.persistent_workers and trainer.loader.num_workers == 2
+
+
+def test_default_loader_workers(monkeypatch):
+    from drmm.engine.sampling import loader_workers
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert (loader_workers(None, gpu), loader_workers(None, cpu)) == (8, 2)
+    assert (loader_workers(3, gpu), loader_workers(0, cpu)) == (3, 0)  # asked for: kept
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # 4 GPUs share the 16 cores
+    assert loader_workers(None, gpu) == 4
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert loader_workers(None, gpu) == 1

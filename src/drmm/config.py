@@ -112,7 +112,7 @@ class TrainConfig:
     clip_norm: float = 1.0
     amp: str = "none"  # none | bf16 | fp16 (GPU)
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int | None = None  # data-loading processes; None: min(8, CPU cores) on a GPU, 2 on the CPU
     log_interval: int = 20  # iterations between JSONL log rows
     eval_interval: int = 1  # validation every N epochs (or iterations, see interval_unit); 0 = only at the end
     checkpoint_interval: int = 1  # last.pt every N epochs (or iterations)

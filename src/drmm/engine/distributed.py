@@ -9,26 +9,26 @@ import torch.distributed as dist
 from torch import nn
 
 
-def init_distributed() -> tuple[int, int, torch.device | None]:
-    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU).
+def init_distributed(device: str | None = None) -> tuple[int, int, torch.device | None]:
+    """Start torch.distributed when launched by torchrun (NCCL on GPU, gloo on CPU), also for one process.
 
-    Returns ``(rank, world_size, device)``; ``(0, 1, None)`` for a single process.
+    ``device`` is the one asked for (``"cpu"`` keeps a GPU machine on gloo). Returns
+    ``(rank, world_size, device)``; ``(0, 1, None)`` for a plain single process.
     ``device`` is this rank's GPU, or None on the CPU.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # torchrun sets it, --nproc_per_node=1 too
         return 0, 1, None
+    cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
         # generous timeout: the other ranks wait while rank 0 runs validation
-        dist.init_process_group(backend, timeout=datetime.timedelta(hours=2))
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     rank = dist.get_rank()
-    device = None
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    return rank, world, device
+    if not cuda:
+        return rank, world, None
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local)
+    return rank, world, torch.device("cuda", local)
 
 
 def sync_batchnorm(model: nn.Module) -> tuple[nn.Module, int]:

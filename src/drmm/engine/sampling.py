@@ -1,6 +1,7 @@
 """Reproducible training data order and augmentation, the same with any number of workers or processes."""
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import numpy as np
@@ -11,7 +12,9 @@ from torch.utils.data import Dataset
 class SeededSamples(Dataset):
     """Runs each sample's augmentation under its own generator seeded by (seed, epoch, index).
 
-    Set ``epoch`` before each epoch; the global torch RNG is left untouched.
+    The key is an index (of epoch ``self.epoch``) or an ``(epoch, index)`` pair, as
+    :class:`TaggedBatches` yields them, so workers kept alive across epochs
+    (``persistent_workers``) need no update. The global torch RNG is left untouched.
     """
 
     def __init__(self, dataset: Dataset, seed: int, epoch: int = 0) -> None:
@@ -20,8 +23,9 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        s = int(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        s = int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)
             return self.dataset[index]
@@ -57,3 +61,32 @@ class EpochBatchSampler:
         for i in range(self.start, self.n // self.global_batch):
             chunk = order[i * self.global_batch : (i + 1) * self.global_batch]
             yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+
+class TaggedBatches:
+    """The batches of an :class:`EpochBatchSampler` as ``(epoch, index)`` pairs for :class:`SeededSamples`.
+
+    The sampler runs in the main process, so one DataLoader (with persistent
+    workers) serves every epoch: ``sampler.set_epoch`` moves it.
+    """
+
+    def __init__(self, sampler: EpochBatchSampler) -> None:
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch = self.sampler.epoch
+        for batch in self.sampler:
+            yield [(epoch, i) for i in batch]
+
+
+def loader_workers(requested: int | None, device: torch.device) -> int:
+    """``requested``, or by default min(8, this process's share of the CPU cores) on a GPU and 2 on the CPU."""
+    if requested is not None:
+        return requested
+    if device.type == "cpu":
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

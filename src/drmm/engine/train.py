@@ -33,7 +33,7 @@ from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
 from .runlog import append_row, cut_log
-from .sampling import EpochBatchSampler, SeededSamples
+from .sampling import EpochBatchSampler, SeededSamples, TaggedBatches, loader_workers
 from .schedule import lr_factor
 
 logger = logging.getLogger("drmm.train")
@@ -67,7 +67,7 @@ class Trainer:
                  device: str | None = None, progress: bool = True) -> None:
         self.cfg, self.data, self.out = cfg, data, Path(out_dir)
         self.progress = progress
-        self.rank, self.world, dist_device = init_distributed()
+        self.rank, self.world, dist_device = init_distributed(device)
         self.is_main = self.rank == 0
         self.device = torch.device(device) if device else dist_device or torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
@@ -92,7 +92,8 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_detector(cfg).to(self.device)
-        if self.world > 1 and t.sync_bn:
+        distributed = dist.is_initialized()  # under torchrun, also with one process
+        if distributed and t.sync_bn:
             if self.device.type == "cpu":
                 raise ValueError("train.sync_bn needs GPUs: torch runs SyncBatchNorm under DDP on GPUs only "
                                  "(each process then normalises with its own batch statistics); "
@@ -100,7 +101,9 @@ class Trainer:
             self.model, n = sync_batchnorm(self.model)
             logger.info("train.sync_bn: %d BatchNorm layers synchronised across %d processes", n, self.world)
         self.ddp = None
-        if self.world > 1:
+        if distributed:
+            logger.info("process group: %s, %d processes, this one rank %d on %s", dist.get_backend(), self.world,
+                        self.rank, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -115,6 +118,7 @@ class Trainer:
             raise ValueError("train.amp=fp16 needs a GPU; on the CPU pass --set train.amp=bf16 (or none)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
 
+        self.loader: DataLoader | None = None
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
         self.last_val_step = -1  # the step of the last "val" row in log.jsonl
@@ -173,12 +177,15 @@ class Trainer:
                 self.last_val_step = row["step"]
 
     def _loader(self, epoch: int, start: int) -> DataLoader:
+        """The training batches from batch ``start`` of ``epoch`` on; one DataLoader whose workers outlive epochs."""
         self.sampler.set_epoch(epoch, start)
-        samples = SeededSamples(self.train_set, self.cfg.train.seed, epoch)
-        g = torch.Generator().manual_seed(self.cfg.train.seed)  # keeps the global RNG untouched
-        return DataLoader(samples, batch_sampler=self.sampler, collate_fn=collate_fn,
-                          num_workers=self.cfg.train.num_workers, generator=g,
-                          persistent_workers=False, pin_memory=self.device.type == "cuda")
+        if self.loader is None:
+            workers = loader_workers(self.cfg.train.num_workers, self.device)
+            g = torch.Generator().manual_seed(self.cfg.train.seed)  # keeps the global RNG untouched
+            self.loader = DataLoader(SeededSamples(self.train_set, self.cfg.train.seed), collate_fn=collate_fn,
+                                     batch_sampler=TaggedBatches(self.sampler), num_workers=workers, generator=g,
+                                     persistent_workers=workers > 0, pin_memory=self.device.type == "cuda")
+        return self.loader
 
     def _interval_due(self, interval: int, epoch_end: bool) -> bool:
         t = self.cfg.train
@@ -283,6 +290,7 @@ class Trainer:
             traceback.clear_frames(e.__traceback__)  # frees the DataLoader's workers now, not at a later gc
             raise
         finally:
+            self.loader = None  # ends the workers
             bar.close()
         # Final evaluation and checkpoint, whatever the intervals say.
         metrics = self.evaluate() if self.val_set is not None else {}
@@ -303,15 +311,25 @@ class Trainer:
         t = self.cfg.train
         deadline = start_time + t.time_limit_minutes * 60 if t.time_limit_minutes else None
         stopped_early = False
+        waited = busy = 0.0  # seconds waiting for batches / in train_step since the last log row
+        steps = 0
         while self.step < self.total_steps and not stopped_early:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            tick = time.perf_counter()
             for images, targets in self._loader(epoch, in_epoch):
-                row = self.train_step(images, targets)
+                got = time.perf_counter()
+                row = self.train_step(images, targets)  # synchronises the device (it reads the loss)
+                waited, busy, steps = waited + got - tick, busy + time.perf_counter() - got, steps + 1
                 self.step += 1
                 bar.update(1)
                 if row is not None and (self.step % t.log_interval == 0 or self.step == 1):
                     row.update(type="train", step=self.step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
-                               time=round(time.time() - start_time, 2))
+                               time=round(time.time() - start_time, 2), data_time=round(waited / steps, 5),
+                               step_time=round(busy / steps, 5))
+                    if self.device.type == "cuda":  # peak since the start, parameters and AdamW state included
+                        row["max_memory_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+                    waited = busy = 0.0
+                    steps = 0
                     self._log(row)
                     bar.set_postfix(loss=f"{row['loss']:.2f}", lr=f"{row['lr']:.2e}")
                 epoch_end = self.step % self.steps_per_epoch == 0
@@ -322,6 +340,8 @@ class Trainer:
                     logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
                     stopped_early = True
                     break
+                tick = time.perf_counter()
+                tick = time.perf_counter()
 
 
 def train(cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: bool = False,

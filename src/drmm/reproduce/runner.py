@@ -63,6 +63,7 @@ def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: s
     """Train ``cfg`` into ``vdir/run`` (unless a finished run is there) and evaluate ``last.pt`` into ``vdir/eval``."""
     from ..data import build_dataset, check_class_mapping
     from ..evaluation import evaluate
+    from ..engine.sampling import loader_workers
     from ..engine.train import DataPaths, train
     from ..models import detector_from_checkpoint
 
@@ -80,9 +81,9 @@ def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: s
     model, ckpt = detector_from_checkpoint(run_dir / "last.pt", map_location="cpu")
     val = build_dataset(cfg.data, paths.val_ann, paths.val_images, train=False, progress=progress)
     check_class_mapping(val, ckpt, model.cfg.model.num_classes, run_dir / "last.pt")
-    evaluate(model, val, vdir / "eval", batch_size=model.cfg.train.batch_size, device=dev,
-             num_workers=model.cfg.train.num_workers, diagnostics=model.is_mixture, nms_sweep=True,
-             progress=progress, title=name)
+    workers = loader_workers(model.cfg.train.num_workers, dev)
+    evaluate(model, val, vdir / "eval", batch_size=model.cfg.train.batch_size, device=dev, num_workers=workers,
+             diagnostics=model.is_mixture, nms_sweep=True, progress=progress, title=name)
 
 
 def _read_json(path: Path) -> Any:
