@@ -170,3 +170,17 @@ def export_onnx(model: Detector, out: str | Path, class_names: list[str], cat_id
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(out))
     return out
+
+
+def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
+                      static_size: tuple[int, int] | None = None, half: bool = False) -> Path:
+    """``drmm export``: a checkpoint (``drmm train`` or ``drmm convert-mmdet``) to one ONNX graph at ``out``."""
+    from .models.build import detector_from_checkpoint
+    from .predict import checkpoint_classes
+
+    if half:
+        raise ValueError("--half is not supported yet: export float32 (onnxruntime's CPU kernels run fp32)")
+    require_modules("onnx", "onnxscript")
+    model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
+    names, cat_ids = checkpoint_classes(model, ckpt)
+    return export_onnx(model, out, names, cat_ids, opset, static_size)
