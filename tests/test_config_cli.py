@@ -24,7 +24,8 @@ COMMAND_FLAGS = {
              "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
     "calibration": {"--ann", "--detections", "--names", "--out", "--iou", "--min-score", "--bins", "--laece-bins",
                     "--matching", "--fit", "--fit-ann", "--method", "--skip-invalid"},
-    "predict": {"--weights", "--out", "--threshold", "--device", "--recursive"},
+    "predict": {"--weights", "--onnx", "--out", "--threshold", "--device", "--recursive"},
+    "export": {"--weights", "--out", "--opset", "--dynamic", "--static", "--half"},
     "bench": {"--weights", "--config", "--set", "--size", "--device", "--batch", "--runs", "--warmup", "--dtypes",
               "--threads", "--compile", "--no-optimize"},
     "reproduce": {"--data", "--out", "--budget-minutes", "--iters", "--config", "--set", "--variants", "--seed",
@@ -109,7 +110,7 @@ def _usage_flags(help_text: str) -> set[str]:
 
 
 def test_parser_knows_every_command():
-    commands = "{info,synth,train,demo,eval,calibration,predict,bench,reproduce,convert-mmdet}"
+    commands = "{info,synth,train,demo,eval,calibration,predict,export,bench,reproduce,convert-mmdet}"
     assert commands in build_parser().format_help()
     code, out, _ = run_cli("--help")
     assert code == 0 and commands in out

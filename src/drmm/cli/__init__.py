@@ -1,4 +1,4 @@
-"""The ``drmm`` command: info, synth, train, demo, eval, calibration, predict, bench, reproduce, convert-mmdet.
+"""The ``drmm`` command: info, synth, train, demo, eval, calibration, predict, export, bench, reproduce, convert-mmdet.
 
 See ``drmm COMMAND --help``.
 """
@@ -10,10 +10,10 @@ import argparse
 import logging
 import sys
 
-from . import bench, calibration, convert_mmdet, demo, info, predict, reproduce, synth, train
+from . import bench, calibration, convert_mmdet, demo, export, info, predict, reproduce, synth, train
 from . import eval as eval_  # the module is named after its command
 
-COMMANDS = (info, synth, train, demo, eval_, calibration, predict, bench, reproduce, convert_mmdet)
+COMMANDS = (info, synth, train, demo, eval_, calibration, predict, export, bench, reproduce, convert_mmdet)
 """The command modules, in the order ``drmm --help`` lists them."""
 
 

@@ -10,7 +10,8 @@ from .common import device
 def register(subparsers) -> None:
     p = subparsers.add_parser("predict", help="detect objects in images; writes annotated PNGs and JSON")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    p.add_argument("--weights", required=True, help="checkpoint (.pt)")
+    p.add_argument("--weights", help="checkpoint (.pt)")
+    p.add_argument("--onnx", help="an exported model (drmm export) run with onnxruntime instead of --weights")
     p.add_argument("--out", help="output folder (default: predictions)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum score drawn and saved (default 0.3)")
     p.add_argument("--device", default="cpu")
@@ -19,12 +20,18 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..predict import predict
-
-    dev = device(args.device)
+    if (args.weights is None) == (args.onnx is None):
+        raise ValueError("give exactly one of --weights CKPT and --onnx MODEL")
     out = Path(args.out) if args.out else Path("predictions")
-    summary = predict(args.weights, args.inputs, out, threshold=args.threshold, device=dev,
-                      recursive=args.recursive)
+    if args.onnx:  # onnxruntime only: no torch on this path
+        from ..onnx_predict import predict_onnx
+
+        summary = predict_onnx(args.onnx, args.inputs, out, threshold=args.threshold, recursive=args.recursive)
+    else:
+        from ..predict import predict
+
+        summary = predict(args.weights, args.inputs, out, threshold=args.threshold, device=device(args.device),
+                          recursive=args.recursive)
     skipped = summary["skipped"]
     print(f"{summary['images']} image(s), {summary['detections']} detection(s) >= {args.threshold:g} -> {out}/"
           + (f"; skipped {len(skipped)} unreadable: {', '.join(skipped[:5])}" if skipped else ""))

@@ -74,18 +74,4 @@ def check_image(path: str | Path) -> str | None:
     return None
 
 
-def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image as an upright RGB uint8 PIL image, whatever its mode (16-bit scaled, not clipped)."""
-    with Image.open(path) as f:
-        img = ImageOps.exif_transpose(f)  # a loaded copy, so the file can be closed
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        a = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or (img.mode == "I" and a.min() >= 0 and a.max() <= 65535):
-            a = a / 257.0
-        else:  # 32-bit int or float data of unknown range: stretch to 0..255
-            lo, hi = float(a.min()), float(a.max())
-            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-        img = Image.fromarray(np.round(a).astype(np.uint8), "L")
-    elif img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")  # drops alpha, expands L / P / CMYK / ...
+from ..image_files import load_rgb  # noqa: E402,F401  (torch-free home, re-exported)

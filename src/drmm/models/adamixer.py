@@ -83,9 +83,11 @@ def sample_3d(
     weights = weights.permute(0, 2, 4, 1, 3).reshape(B * G, len(strides), 1, N, P)
     xy = torch.stack([x, y], dim=-1).permute(0, 2, 1, 3, 4).reshape(B * G, N, P, 2)
     out = None
+    one = xy.new_ones(())
     for level, (f, s) in enumerate(zip(features, strides)):
         h, w = f.shape[-2:]
-        grid = 2 * xy / xy.new_tensor([w * s, h * s]) - 1  # align_corners=False: pixel centres at (i + 0.5) s
+        size = torch.stack([one * (w * s), one * (h * s)])  # not new_tensor: the ONNX export keeps h, w symbolic
+        grid = 2 * xy / size - 1  # align_corners=False: pixel centres at (i + 0.5) s
         # grid_sample needs one dtype: read bf16/fp16 maps in float32 rather than round the positions
         sampled = F.grid_sample(f.reshape(B * G, C // G, h, w).to(grid.dtype), grid, mode="bilinear",
                                 padding_mode="zeros", align_corners=False)  # [B*G, C/G, N, P]

@@ -16,9 +16,14 @@ _DW_CLAMP = math.log(1000.0 / 16)
 _MAX_LOG2_SIZE = 20.0  # boxes up to 2^20 px a side: a runaway z or r cannot overflow exp2 to inf
 
 
-def image_whwh(image_sizes: list[tuple[int, int]], dtype: torch.dtype = torch.float32,
+def image_whwh(image_sizes: list[tuple[int, int]] | Tensor, dtype: torch.dtype = torch.float32,
                device: torch.device | str | None = None) -> Tensor:
-    """``[B, 4]`` (w, h, w, h) of each image, from ``(h, w)`` sizes."""
+    """``[B, 4]`` (w, h, w, h) of each image, from ``(h, w)`` sizes (a ``[B, 4]`` whwh tensor passes through).
+
+    The tensor form lets the ONNX export hand over sizes that depend on the input's shape.
+    """
+    if isinstance(image_sizes, Tensor):
+        return image_sizes.to(dtype=dtype, device=device)
     return torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=dtype, device=device)
 
 

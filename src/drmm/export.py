@@ -1,0 +1,186 @@
+"""ONNX export: one graph from an image to its NMS-free top-N detections.
+
+Graph contract (``drmm export``; checked by ``drmm predict --onnx`` before a run):
+
+* input ``image``: float32 ``[3, H, W]``, RGB in 0..1, any ``H, W >= 8`` (dynamic
+  axes; a static export takes only its own size);
+* outputs ``boxes`` float32 ``[N, 4]`` (x1, y1, x2, y2 in the input's pixels,
+  clipped unless the checkpoint's ``clip_detections`` is off), ``scores`` float32
+  ``[N]`` best first, ``labels`` int64 ``[N]`` (the dataset's category ids), N = the
+  checkpoint's ``detections_per_image``;
+* metadata_props: ``drmm_class_names``, ``drmm_cat_ids`` (JSON lists),
+  ``drmm_detections_per_image``.
+
+Inside: the resize of :class:`~drmm.models.transform.ImageTransform` computed on
+symbolic sizes (halves round up), normalisation, padding, backbone, proposals,
+every decoder stage and the top-k of :class:`~drmm.models.postprocess.TopKPostProcess`.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from .models.backbone import STRIDES
+from .models.box_ops import clean_boxes
+from .models.detector import Detector
+from .models.poolers import TorchvisionRoIAlign, box_levels, released_levels
+
+EXPORT_EXTRA = "pip install 'drmm[export]'"
+MIN_SIDE = 8
+
+
+def require_modules(*names: str) -> None:
+    """A clear error naming the install command when an optional package is missing."""
+    missing = [n for n in names if importlib.util.find_spec(n) is None]
+    if missing:
+        raise RuntimeError(f"ONNX support needs {', '.join(missing)}; install the extra: {EXPORT_EXTRA}")
+
+
+class MaskedRoIAlign(nn.Module):
+    """:class:`TorchvisionRoIAlign` without data-dependent indexing: every level pools every box, masks select.
+
+    Four times the pooling work of the indexed version, the same values; the graph
+    maps to ONNX ``RoiAlign`` (``half_pixel`` when aligned). Strides are the FPN's
+    (the padded input is a multiple of ``size_divisible`` >= 32).
+    """
+
+    def __init__(self, pooler: TorchvisionRoIAlign) -> None:
+        super().__init__()
+        self.levels, self.output_size, self.sampling_ratio = pooler.levels, pooler.output_size, pooler.sampling_ratio
+        self.aligned = pooler.aligned
+
+    def canvas(self, features: dict[str, Tensor]) -> None:
+        return None
+
+    def forward(self, features: dict[str, Tensor], boxes: Tensor, image_size: tuple[int, int],
+                canvas: None = None) -> Tensor:
+        """``boxes [B, K, 4]`` -> ``[B*K, C, S, S]``."""
+        feats = [features[n] for n in self.levels]
+        B, K, _ = boxes.shape
+        flat = boxes.detach().reshape(B * K, 4).to(feats[0].dtype)
+        image = torch.arange(B, device=flat.device, dtype=flat.dtype).repeat_interleave(K)
+        rois = torch.cat([image[:, None], flat], dim=1)
+        lvl = released_levels(flat, len(feats)) if self.aligned else box_levels(flat)
+        out = None
+        for level, (f, stride) in enumerate(zip(feats, STRIDES)):
+            pooled = roi_align(f, rois, self.output_size, 1.0 / stride, self.sampling_ratio, aligned=self.aligned)
+            pooled = pooled * (lvl == level).to(pooled.dtype)[:, None, None, None]
+            out = pooled if out is None else out + pooled
+        return out
+
+
+def exportable_decoder(decoder: nn.Module) -> nn.Module:
+    """The decoder itself, or a shallow copy whose torchvision pooler is the masked one (weights shared)."""
+    if not isinstance(getattr(decoder, "pooler", None), TorchvisionRoIAlign):
+        return decoder
+    copied = copy.copy(decoder)
+    copied._modules = dict(decoder._modules)  # own module table: the original keeps its pooler
+    copied.pooler = MaskedRoIAlign(decoder.pooler)
+    return copied
+
+
+def check_exportable(model: Detector) -> None:
+    """Raise ``ValueError`` saying why when a detector's graph cannot be exported."""
+    t = model.transform
+    if t.size_divisible % STRIDES[-1]:
+        raise ValueError(f"export needs model.size_divisible to be a multiple of {STRIDES[-1]} "
+                         f"(the coarsest FPN stride), got {t.size_divisible}")
+    if t.min_size <= 0:
+        raise ValueError("export needs model.min_size > 0 (a model without resizing is not supported)")
+
+
+class ExportableDetector(nn.Module):
+    """``image [3, H, W]`` in 0..1 -> ``(boxes [N, 4], scores [N], labels [N])``; shares the detector's modules."""
+
+    def __init__(self, model: Detector, cat_ids: list[int]) -> None:
+        super().__init__()
+        check_exportable(model)
+        t = model.transform
+        self.min_size, self.max_size, self.size_divisible = t.min_size, t.max_size, t.size_divisible
+        self.register_buffer("mean", t.mean.detach().clone(), persistent=False)
+        self.register_buffer("std", t.std.detach().clone(), persistent=False)
+        self.register_buffer("cat_ids", torch.tensor(cat_ids, dtype=torch.int64), persistent=False)
+        self.backbone, self.proposals = model.backbone, model.proposals
+        self.decoder = exportable_decoder(model.decoder)
+        self.head, self.postprocess = model.head, model.postprocess
+
+    def resized_size(self, h, w):
+        """ImageTransform's resized ``(h, w)`` on (symbolic) ints: halves round up."""
+        hf, wf = torch.sym_float(h), torch.sym_float(w)
+        scale = torch.sym_min(self.min_size / torch.sym_min(hf, wf), self.max_size / torch.sym_max(hf, wf))
+        return torch.sym_max(1, math.floor(hf * scale + 0.5)), torch.sym_max(1, math.floor(wf * scale + 0.5))
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h, w = image.shape[-2:]
+        nh, nw = self.resized_size(h, w)
+        x = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)
+        x = (x - self.mean) / self.std
+        d = self.size_divisible
+        # (n + d - 1) // d, not -(-n // d): ONNX's integer Div truncates, so floor-division of negatives is wrong
+        x = F.pad(x, (0, (nw + d - 1) // d * d - nw, 0, (nh + d - 1) // d * d - nh))
+        one = image.new_ones(())
+        whwh = torch.stack([one * nw, one * nh, one * nw, one * nh])[None]  # [1, 4]
+        features = self.backbone(x)
+        boxes, feats = self.proposals(whwh)
+        last = self.decoder(features, boxes, feats, whwh)[-1]
+        values, comp, cls = self.postprocess.select(self.head.scores(last))
+        boxes = last.boxes.float()
+        if self.postprocess.clip:
+            boxes = clean_boxes(boxes, whwh)
+        original = torch.stack([one * w, one * h, one * w, one * h])
+        boxes = boxes[0, comp[0]] * (original / whwh[0])
+        if self.postprocess.clip:
+            boxes = torch.minimum(boxes.clamp(min=0), original)
+        return boxes, values[0], self.cat_ids[cls[0]]
+
+
+def export_onnx(model: Detector, out: str | Path, class_names: list[str], cat_ids: list[int], opset: int = 18,
+                static_size: tuple[int, int] | None = None) -> Path:
+    """Write ``model`` (eval mode, float32) as one ONNX graph to ``out``; dynamic H, W unless ``static_size``."""
+    require_modules("onnx", "onnxscript")
+    import onnx
+
+    if opset < 16:
+        raise ValueError(f"export needs opset >= 16 (RoiAlign with half_pixel, GridSample), got {opset}")
+    wrapper = ExportableDetector(model.eval(), cat_ids).eval()
+    example = torch.rand(3, *(static_size or (375, 500)))
+    dims = None
+    if static_size is None:
+        dims = ({1: torch.export.Dim("height", min=MIN_SIDE, max=16384),
+                 2: torch.export.Dim("width", min=MIN_SIDE, max=16384)},)
+    with torch.no_grad():
+        program = torch.onnx.export(wrapper, (example,), dynamo=True, dynamic_shapes=dims, opset_version=opset,
+                                    input_names=["image"], output_names=["boxes", "scores", "labels"],
+                                    verbose=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(out))
+    proto = onnx.load(str(out))
+    meta = {"drmm_class_names": json.dumps(list(class_names)), "drmm_cat_ids": json.dumps([int(c) for c in cat_ids]),
+            "drmm_detections_per_image": str(model.postprocess.detections_per_image)}
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.save(proto, str(out))
+    return out
+
+
+def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
+                      static_size: tuple[int, int] | None = None, half: bool = False) -> Path:
+    """``drmm export``: a checkpoint (``drmm train`` or ``drmm convert-mmdet``) to one ONNX graph at ``out``."""
+    from .models.build import detector_from_checkpoint
+    from .predict import checkpoint_classes
+
+    if half:
+        raise ValueError("--half is not supported yet: export float32 (onnxruntime's CPU kernels run fp32)")
+    require_modules("onnx", "onnxscript")
+    model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
+    names, cat_ids = checkpoint_classes(model, ckpt)
+    return export_onnx(model, out, names, cat_ids, opset, static_size)

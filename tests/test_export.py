@@ -1,0 +1,136 @@
+"""ONNX export: onnxruntime (CPU) gives drmm predict's detections at input sizes the export never saw.
+
+Tiny models, one export per decoder / pooler combination; the reference is the
+PyTorch detector itself as ``drmm predict`` runs it (optimised for inference).
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import run_cli, tiny_config
+from PIL import Image
+
+pytest.importorskip("onnxruntime", reason="pip install 'drmm[export]'")
+pytest.importorskip("onnxscript", reason="pip install 'drmm[export]'")
+
+from drmm import build_detector, detector_from_checkpoint  # noqa: E402
+from drmm.engine.checkpoint import atomic_save, make_checkpoint  # noqa: E402
+from drmm.onnx_predict import OnnxDetector, check_image  # noqa: E402
+
+CAT_IDS = [3, 7, 11]
+SIZES = [(90, 131), (203, 61), (140, 150)]  # export example is 375 x 500: other sizes, landscape and portrait
+VARIANTS = {"sparse_rcnn-torchvision": {}, "sparse_rcnn-grid-unaligned": {"pooler": "grid", "pooler_aligned": False},
+            "adamixer": {"architecture": "adamixer"}}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _checkpoint(folder: Path, **model) -> Path:
+    torch.manual_seed(0)
+    cfg = tiny_config(**model)
+    cfg.model.detections_per_image = 20
+    path = folder / "model.pt"
+    atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), ["cat", "dog", "owl"], CAT_IDS), path)
+    return path
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def exported(request, tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp(request.param)
+    ckpt = _checkpoint(folder, **VARIANTS[request.param])
+    assert run_cli("export", "--weights", ckpt, "--out", folder / "model.onnx")[0] == 0
+    return ckpt, folder / "model.onnx"
+
+
+def test_onnxruntime_matches_pytorch(exported):
+    ckpt, onnx_path = exported
+    model, _ = detector_from_checkpoint(ckpt)
+    model.optimize_for_inference()
+    detector = OnnxDetector(onnx_path)
+    assert detector.cat_ids == CAT_IDS and detector.class_names == ["cat", "dog", "owl"]
+    gen = torch.Generator().manual_seed(1)
+    for size in SIZES:
+        image = torch.rand(3, *size, generator=gen)
+        with torch.inference_mode():
+            ref = model([image])[0]
+        boxes, scores, labels = detector(image.numpy())
+        assert boxes.shape == (20, 4) and scores.shape == labels.shape == (20,)
+        np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(boxes, ref["boxes"].numpy(), atol=0.05, rtol=0)
+        assert labels.tolist() == [CAT_IDS[i] for i in ref["labels"].tolist()]
+        assert boxes[:, 0::2].max() <= size[1] and boxes[:, 1::2].max() <= size[0] and boxes.min() >= 0
+
+
+def test_predict_onnx_writes_what_predict_writes(exported, tmp_path):
+    ckpt, onnx_path = exported
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(SIZES[:2]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    assert run_cli("predict", folder, "--weights", ckpt, "--out", tmp_path / "pt", "--threshold", 0)[0] == 0
+    assert run_cli("predict", folder, "--onnx", onnx_path, "--out", tmp_path / "ox", "--threshold", 0)[0] == 0
+    for i in range(2):
+        pt = json.loads((tmp_path / "pt" / f"im{i}.json").read_text())
+        ox = json.loads((tmp_path / "ox" / f"im{i}.json").read_text())
+        assert ox.keys() == pt.keys() and ox["labels"] == pt["labels"] and ox["names"] == pt["names"]
+        assert (ox["width"], ox["height"]) == (pt["width"], pt["height"])
+        np.testing.assert_allclose(ox["scores"], pt["scores"], atol=2e-4)
+        np.testing.assert_allclose(ox["boxes"], pt["boxes"], atol=0.06)
+        assert Image.open(tmp_path / "ox" / f"im{i}.png").size == Image.open(tmp_path / "pt" / f"im{i}.png").size
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.zeros((1, 3, 32, 32), np.float32), "rank 4"), (np.zeros((32, 32, 3), np.float32), "3 channels"),
+    (np.zeros((3, 32, 32), np.uint8), "dtype uint8"), (np.zeros((3, 0, 32), np.float32), "empty"),
+    (np.full((3, 32, 32), np.nan, np.float32), "NaN")])
+def test_bad_images_are_refused_before_the_session(image, message):
+    with pytest.raises(ValueError, match=message):
+        check_image(image)
+
+
+def test_predict_onnx_cli_errors(tmp_path):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (4, 4)).save(tiny)
+    _, onnx_path = _static_export(tmp_path)
+    rc, _, err = run_cli("predict", tiny, "--onnx", onnx_path, "--out", tmp_path / "o")
+    assert rc == 2 and "smaller than 8" in err
+    big = tmp_path / "big.png"
+    Image.new("RGB", (90, 70)).save(big)
+    rc, _, err = run_cli("predict", big, "--onnx", onnx_path, "--out", tmp_path / "o")
+    assert rc == 2 and "exported for 64x80" in err
+    rc, _, err = run_cli("predict", big, "--onnx", onnx_path, "--weights", "x.pt")
+    assert rc == 2 and "exactly one of" in err
+    rc, _, err = run_cli("predict", big, "--onnx", tmp_path / "missing.onnx")
+    assert rc == 2 and "not found" in err
+    rc, _, err = run_cli("export", "--weights", tmp_path / "model.pt", "--out", tmp_path / "h.onnx", "--half")
+    assert rc == 2 and "--half" in err
+
+
+def _static_export(folder: Path) -> tuple[Path, Path]:
+    ckpt = _checkpoint(folder)
+    assert run_cli("export", "--weights", ckpt, "--out", folder / "s.onnx", "--static", "64x80")[0] == 0
+    return ckpt, folder / "s.onnx"
+
+
+def test_readme_snippet_runs_without_torch(exported, tmp_path):
+    """The README's snippet, pasted as is, and drmm.onnx_predict, both with torch made unimportable."""
+    _, onnx_path = exported
+    readme = (ROOT / "README.md").read_text()
+    snippet = re.search(r"<!-- onnx-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+    Image.fromarray(np.full((70, 90, 3), 128, np.uint8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "model.onnx").write_bytes(onnx_path.read_bytes())
+    block = "import sys; sys.modules['torch'] = None\n"
+    check = block + ("from drmm.onnx_predict import predict_onnx\n"
+                     "print(predict_onnx('model.onnx', ['photo.jpg'], 'out', threshold=0.0)['detections'])\n")
+    for code in (block + snippet, check):
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                              env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "20"
