@@ -71,7 +71,8 @@ def score_detections(
     if any(dets.skipped.values()):
         logger.warning("left out of ECE / LaECE: %s", dets.skipped)
     cal = calibration_summary(gt, dets, options)
-    metrics = coco_evaluate(coco_gt, to_coco_results(detections, image_ids, cat_ids), image_ids=image_ids)
+    # loadRes adds keys (id, area, ...) to the dicts it gets: hand it copies, keep ``results`` as written
+    metrics = coco_evaluate(coco_gt, [dict(r) for r in results], image_ids=image_ids)
     return {**metrics, "ECE": cal.d_ece.ece, "LaECE": cal.laece.laece}, cal, results, dets.index[cal.counted.keep]
 
 
