@@ -107,7 +107,8 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        # fused: one kernel for every parameter's update (a few ms a step less on CPUs than foreach)
+        self.optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True)
         self.sampler = EpochBatchSampler(len(self.train_set), t.batch_size, t.seed, self.rank, self.world)
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = t.max_iters or t.epochs * self.steps_per_epoch
