@@ -19,7 +19,7 @@ COMMAND_FLAGS = {
     "synth": {"--train", "--val", "--seed", "--size"},
     "train": {"--config", "--data", "--train-ann", "--train-images", "--val-ann", "--val-images", "--out", "--set",
               "--resume", "--device", "--no-progress"},
-    "demo": {"--out", "--set"},
+    "demo": {"--out", "--config", "--set"},
     "eval": {"--weights", "--data", "--split", "--ann", "--images", "--out", "--batch-size", "--device", "--workers",
              "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
     "calibration": {"--ann", "--detections", "--names", "--out", "--iou", "--min-score", "--bins", "--laece-bins",

@@ -114,7 +114,7 @@ def test_resuming_a_drmm_0_1_run_keeps_its_behaviour(tmp_path):
     assert load_config(tmp_path / "config.yaml").model.backbone_norm == "bn"  # a user's YAML: today's defaults
 
 
-@pytest.mark.parametrize("name", ["demo_cpu.yaml", "demo_cpu_adamixer.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_cpu.yaml", "demo_cpu_adamixer.yaml"])
 def test_demo_recipes_keep_drmm_0_1_behaviour(name):
     """Every drmm 0.1 value selected explicitly: the numbers measured with them stay valid."""
     cfg = load_config(packaged_config(name))

@@ -232,16 +232,18 @@ def test_bf16_autocast_training_step_is_finite(synth, tmp_path):
         Trainer(small_cfg(amp="fp16"), DataPaths.from_dir(synth), tmp_path / "fp16", device="cpu", progress=False)
 
 
-def test_demo_recipe_builds_and_steps():
+@pytest.mark.parametrize("name", ["demo.yaml", "demo_cpu.yaml"])
+def test_demo_recipe_builds_and_steps(name):
     from drmm.config import packaged_config
     from drmm.models import build_detector
 
-    cfg = load_config(packaged_config("demo_cpu.yaml"))
-    assert cfg.model.pooler == "grid" and cfg.model.delta_mode == "relative"
+    cfg = load_config(packaged_config(name))
+    assert cfg.model.delta_mode == "relative"
     model = build_detector(cfg)
     images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 50.0]]), "labels": torch.tensor([2])}] * 2
-    loss = sum(model(images, targets).values())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16"):
+        loss = sum(model(images, targets).values())
     loss.backward()
     assert torch.isfinite(loss)
 
