@@ -44,12 +44,15 @@ def require_modules(*names: str) -> None:
         raise RuntimeError(f"ONNX support needs {', '.join(missing)}; install the extra: {EXPORT_EXTRA}")
 
 
-class MaskedRoIAlign(nn.Module):
-    """:class:`TorchvisionRoIAlign` without data-dependent indexing: every level pools every box, masks select.
+class LevelRoIAlign(nn.Module):
+    """:class:`TorchvisionRoIAlign` in a form ``torch.export`` can trace: each level pools only its own boxes.
 
-    Four times the pooling work of the indexed version, the same values; the graph
-    maps to ONNX ``RoiAlign`` (``half_pixel`` when aligned). Strides are the FPN's
-    (the padded input is a multiple of ``size_divisible`` >= 32).
+    The boxes of a level are found with ``nonzero`` (a data-dependent count, ONNX
+    ``NonZero`` + ``Gather``) and pooled with one ONNX ``RoiAlign`` (``half_pixel`` when
+    aligned); one gather puts the levels' results back in box order (a scatter per
+    level copied the whole output four times: 3% of the R50 graph's time). The same
+    values and the same pooling work as the eager module. Strides are the FPN's (the padded
+    input is a multiple of ``size_divisible`` >= 32).
     """
 
     def __init__(self, pooler: TorchvisionRoIAlign) -> None:
@@ -65,25 +68,29 @@ class MaskedRoIAlign(nn.Module):
         """``boxes [B, K, 4]`` -> ``[B*K, C, S, S]``."""
         feats = [features[n] for n in self.levels]
         B, K, _ = boxes.shape
+        S = self.output_size
         flat = boxes.detach().reshape(B * K, 4).to(feats[0].dtype)
         image = torch.arange(B, device=flat.device, dtype=flat.dtype).repeat_interleave(K)
         rois = torch.cat([image[:, None], flat], dim=1)
         lvl = released_levels(flat, len(feats)) if self.aligned else box_levels(flat)
-        out = None
+        pooled, order = [], []
         for level, (f, stride) in enumerate(zip(feats, STRIDES)):
-            pooled = roi_align(f, rois, self.output_size, 1.0 / stride, self.sampling_ratio, aligned=self.aligned)
-            pooled = pooled * (lvl == level).to(pooled.dtype)[:, None, None, None]
-            out = pooled if out is None else out + pooled
-        return out
+            idx = torch.nonzero(lvl == level).squeeze(1)
+            pooled.append(roi_align(f, rois.index_select(0, idx), S, 1.0 / stride, self.sampling_ratio,
+                                    aligned=self.aligned))
+            order.append(idx)
+        order = torch.cat(order)  # a permutation of the B*K boxes, grouped by level
+        torch._check(order.shape[0] == B * K)
+        return torch.cat(pooled).index_select(0, torch.argsort(order))  # one gather back to box order
 
 
 def exportable_decoder(decoder: nn.Module) -> nn.Module:
-    """The decoder itself, or a shallow copy whose torchvision pooler is the masked one (weights shared)."""
+    """The decoder itself, or a shallow copy whose torchvision pooler is the traceable one (weights shared)."""
     if not isinstance(getattr(decoder, "pooler", None), TorchvisionRoIAlign):
         return decoder
     copied = copy.copy(decoder)
     copied._modules = dict(decoder._modules)  # own module table: the original keeps its pooler
-    copied.pooler = MaskedRoIAlign(decoder.pooler)
+    copied.pooler = LevelRoIAlign(decoder.pooler)
     return copied
 
 
