@@ -129,6 +129,33 @@ def test_drmm_eval_and_predict_use_the_converted_checkpoint_with_coco_ids(small_
     assert code == 0 and (tmp_path / "pred" / "a.json").is_file(), err
 
 
+def test_converted_checkpoint_exports_to_onnx_with_coco_ids(small_release, tmp_path):
+    """drmm export on convert-mmdet's output: the graph gives PyTorch's detections, labelled with COCO ids."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from drmm.export import match_detections
+    from drmm.onnx_predict import OnnxDetector
+
+    root, sd = small_release
+    torch.save({"state_dict": sd}, tmp_path / "src.pth")
+    assert run_cli("convert-mmdet", tmp_path / "src.pth", "--config", root / "small.yaml", "--out",
+                   tmp_path / "c.pt")[0] == 0
+    code, out, err = run_cli("export", "--weights", tmp_path / "c.pt", "--out", tmp_path / "c.onnx")
+    assert code == 0 and "checked" in out, err
+    detector = OnnxDetector(tmp_path / "c.onnx")
+    assert detector.cat_ids == list(COCO_CATEGORY_IDS) and detector.class_names == list(COCO_CLASSES)
+    model, _ = detector_from_checkpoint(tmp_path / "c.pt")
+    model.optimize_for_inference()
+    image = torch.rand(3, 70, 50, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ref = model([image])[0]
+    ids = np.asarray(COCO_CATEGORY_IDS)
+    ref = (ref["boxes"].numpy(), ref["scores"].numpy(), ids[ref["labels"].numpy()])
+    got = detector(image.numpy())
+    assert len(got[1]) == 100 and match_detections(ref, got) == 100
+    assert set(got[2].tolist()) <= set(COCO_CATEGORY_IDS)
+
+
 class NotATensor:
     pass
 

@@ -134,3 +134,94 @@ def test_readme_snippet_runs_without_torch(exported, tmp_path):
                               env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
         assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "20"
+
+
+# --- every backbone, and a graph that kept a size from tracing ------------------------------
+
+def _small(config: str, **model) -> "Config":
+    from drmm.config import load_config
+
+    cfg = load_config(ROOT / "configs" / config, ["model.pretrained=null", "model.num_proposals=8", "model.num_stages=1",
+                                                 "model.min_size=96", "model.max_size=160",
+                                                 "model.detections_per_image=10"])
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
+    return cfg
+
+
+@pytest.mark.parametrize("config,static", [("drmm_r50.yaml", None), ("drmm_swin_t.yaml", (90, 131)),
+                                           ("drmm_adamixer_swin_t.yaml", (131, 90))])
+def test_paper_backbones_export_and_match(config, static, tmp_path):
+    """ResNet-50 (any size) and Swin-T (one size): export_checkpoint's own check against PyTorch passes."""
+    from drmm.export import export_checkpoint, match_detections
+
+    torch.manual_seed(0)
+    cfg = _small(config)
+    path = tmp_path / "model.pt"
+    atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), [str(i) for i in range(80)], list(range(80))), path)
+    onnx_path = export_checkpoint(path, tmp_path / "model.onnx", static_size=static)
+    model, _ = detector_from_checkpoint(path)
+    model.optimize_for_inference()
+    image = torch.rand(3, *(static or (77, 120)), generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = model([image])[0]
+    got = OnnxDetector(onnx_path)(image.numpy())
+    ref = tuple(ref[k].numpy() for k in ("boxes", "scores", "labels"))
+    assert match_detections(ref, got) == 10
+
+
+def test_swin_needs_a_static_size(tmp_path):
+    torch.manual_seed(0)
+    cfg = _small("drmm_swin_t.yaml")
+    path = tmp_path / "model.pt"
+    atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), [str(i) for i in range(80)], list(range(80))), path)
+    code, out, err = run_cli("export", "--weights", path, "--out", tmp_path / "m.onnx")
+    assert code != 0 and "--static" in err and "Swin-T" in err and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_check_refuses_and_deletes_a_graph_that_disagrees(tmp_path, monkeypatch):
+    """onnxruntime 0.06 px off PyTorch on one box: export_checkpoint raises, names the remedy, leaves no file."""
+    import drmm.export as export
+    from drmm.onnx_predict import OnnxDetector as Real
+
+    class OffByAHair(Real):
+        def __call__(self, image):
+            boxes, scores, labels = super().__call__(image)
+            boxes[0, 2] += 0.06
+            return boxes, scores, labels
+
+    monkeypatch.setattr("drmm.onnx_predict.OnnxDetector", OffByAHair)
+    ckpt = _checkpoint(tmp_path)
+    with pytest.raises(RuntimeError, match="19 of 20 equal.*--static"):
+        export.export_checkpoint(ckpt, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_a_graph_that_kept_its_tracing_size_is_refused_and_deleted(tmp_path, monkeypatch):
+    """The size-specialisation the check exists for: Swin-T traced for any size without the guard (~70 s)."""
+    import drmm.export as export
+
+    torch.manual_seed(0)
+    cfg = _small("drmm_swin_t.yaml")
+    path = tmp_path / "model.pt"
+    atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), [str(i) for i in range(80)], list(range(80))), path)
+    monkeypatch.setattr(export, "check_exportable", lambda model, dynamic=False: None)
+    with pytest.raises(RuntimeError, match="kept a size from tracing.*--static"):
+        export.export_checkpoint(path, tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_match_detections_against_hand_cases():
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]], dtype=np.float32)
+    ref = (boxes, np.array([0.9, 0.5, 0.5], dtype=np.float32), np.array([1, 2, 3]))
+    from drmm.export import match_detections
+
+    swapped = (boxes[[0, 2, 1]], ref[1][[0, 2, 1]], ref[2][[0, 2, 1]])  # a tie swapped: still equal
+    assert match_detections(ref, swapped) == 3
+    moved = (boxes + np.array([[0, 0, 0.06, 0]] + [[0, 0, 0, 0]] * 2, dtype=np.float32), ref[1], ref[2])
+    assert match_detections(ref, moved) == 2  # 0.06 px > 0.05
+    relabelled = (boxes, ref[1], np.array([1, 3, 3]))
+    assert match_detections(ref, relabelled) == 2
+    rescored = (boxes, ref[1] + np.float32(2e-4), ref[2])
+    assert match_detections(ref, rescored) == 0

@@ -23,12 +23,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
-from .models.backbone import STRIDES
+from .models.backbone import STRIDES, SwinBody
 from .models.box_ops import clean_boxes
 from .models.detector import Detector
 from .models.poolers import TorchvisionRoIAlign, box_levels, released_levels
@@ -94,8 +95,11 @@ def exportable_decoder(decoder: nn.Module) -> nn.Module:
     return copied
 
 
-def check_exportable(model: Detector) -> None:
-    """Raise ``ValueError`` saying why when a detector's graph cannot be exported."""
+def check_exportable(model: Detector, dynamic: bool = False) -> None:
+    """Raise ``ValueError`` saying why when a detector's graph cannot be exported (``dynamic``: for any size)."""
+    if dynamic and isinstance(model.backbone.body, SwinBody):
+        raise ValueError("Swin-T builds its shifted-window attention masks for one input size, so its graph "
+                         "cannot take any size: export it for the size you will run, e.g. --static 800x1216")
     t = model.transform
     if t.size_divisible % STRIDES[-1]:
         raise ValueError(f"export needs model.size_divisible to be a multiple of {STRIDES[-1]} "
@@ -157,6 +161,7 @@ def export_onnx(model: Detector, out: str | Path, class_names: list[str], cat_id
 
     if opset < 16:
         raise ValueError(f"export needs opset >= 16 (RoiAlign with half_pixel, GridSample), got {opset}")
+    check_exportable(model, dynamic=static_size is None)
     wrapper = ExportableDetector(model.eval(), cat_ids).eval()
     example = torch.rand(3, *(static_size or (375, 500)))
     dims = None
@@ -179,9 +184,58 @@ def export_onnx(model: Detector, out: str | Path, class_names: list[str], cat_id
     return out
 
 
+def match_detections(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...], score_tol: float = 1e-4,
+                     box_tol: float = 0.05) -> int:
+    """How many of ``ref``'s ``(boxes [N, 4], scores [N], labels [N])`` have a partner in ``got``.
+
+    Partners are one-to-one, with the same label, a score within ``score_tol`` and every
+    box coordinate within ``box_tol`` pixels; greedy in ``ref``'s order, so near-ties
+    that swap ranks still match.
+    """
+    boxes, scores, labels = ref
+    used = np.zeros(len(got[1]), dtype=bool)
+    matched = 0
+    for b, s, lab in zip(boxes, scores, labels):
+        ok = ~used & (got[2] == lab) & (np.abs(got[1] - s) <= score_tol) & (np.abs(got[0] - b).max(axis=1) <= box_tol)
+        if ok.any():
+            used[np.argmax(ok)] = True
+            matched += 1
+    return matched
+
+
+def verify_export(model: Detector, path: str | Path, cat_ids: list[int],
+                  static_size: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Run the graph with onnxruntime on one random image and compare with ``model`` (unchanged).
+
+    A dynamic graph is checked at a portrait size unlike the export's landscape example,
+    so a size fixed during tracing shows up here instead of in a user's results.
+    Returns the size checked; raises ``RuntimeError`` when detections differ.
+    """
+    from .onnx_predict import OnnxDetector
+
+    size = static_size or (421, 299)
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(model).optimize_for_inference()
+    with torch.inference_mode():
+        ref = reference([image])[0]
+    ids = np.asarray(cat_ids)
+    ref = (ref["boxes"].numpy(), ref["scores"].numpy(), ids[ref["labels"].numpy()])
+    got = OnnxDetector(path, threads=torch.get_num_threads())(image.numpy())
+    matched = match_detections(ref, got)
+    if matched != len(ref[1]) or len(got[1]) != len(ref[1]):
+        raise RuntimeError(f"{path}: onnxruntime's detections on a {size[0]}x{size[1]} image differ from "
+                           f"PyTorch's ({matched} of {len(ref[1])} equal within 1e-4 / 0.05 px): the graph "
+                           "kept a size from tracing. Export for the size you will run with --static HxW")
+    return size
+
+
 def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
-                      static_size: tuple[int, int] | None = None, half: bool = False) -> Path:
-    """``drmm export``: a checkpoint (``drmm train`` or ``drmm convert-mmdet``) to one ONNX graph at ``out``."""
+                      static_size: tuple[int, int] | None = None, half: bool = False, verify: bool = True) -> Path:
+    """``drmm export``: a checkpoint (``drmm train`` or ``drmm convert-mmdet``) to one ONNX graph at ``out``.
+
+    ``verify``: run the written graph once with onnxruntime against PyTorch
+    (:func:`verify_export`); a graph that disagrees is deleted and an error raised.
+    """
     from .models.build import detector_from_checkpoint
     from .predict import checkpoint_classes
 
@@ -190,4 +244,12 @@ def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
     require_modules("onnx", "onnxscript")
     model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
     names, cat_ids = checkpoint_classes(model, ckpt)
-    return export_onnx(model, out, names, cat_ids, opset, static_size)
+    path = export_onnx(model, out, names, cat_ids, opset, static_size)
+    if verify:
+        require_modules("onnxruntime")
+        try:
+            verify_export(model, path, cat_ids, static_size)
+        except RuntimeError:
+            path.unlink()  # never leave a graph behind that gives wrong detections
+            raise
+    return path

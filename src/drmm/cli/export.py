@@ -30,5 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint
 
     out = export_checkpoint(args.weights, args.out, args.opset, args.static, args.half)
-    print(f"wrote {out} ({'static ' + 'x'.join(map(str, args.static)) if args.static else 'dynamic'} input size)")
+    print(f"wrote {out} ({'static ' + 'x'.join(map(str, args.static)) if args.static else 'dynamic'} input size); "
+          "checked: onnxruntime gives PyTorch's detections on a random image")
     return 0
