@@ -1,0 +1,232 @@
+"""CPU inference beside other detectors: drmm R50 through torch and onnxruntime vs five peers.
+
+One 800 x 1216 image, batch 1, 2 threads, random weights, in one run (interleaved
+rounds, median of N after 1 warm-up):
+
+* drmm R50 (``configs/drmm_r50.yaml``, 300 proposals, 6 stages): torch as ``drmm
+  eval`` / ``predict`` run it (``optimize_for_inference``: folded BatchNorm +
+  channels_last), the same under bf16 autocast, and the ``drmm export`` graph through
+  onnxruntime's CPU execution provider (static 800 x 1216 export, all graph
+  optimisations);
+* torchvision Faster R-CNN, FCOS and RetinaNet R50-FPN (``weights=None``), each in
+  its faster memory format (contiguous or channels_last, both timed);
+* Hugging Face transformers DETR-R50 and RT-DETR-R50 (built from their configs, no
+  download: ``use_pretrained_backbone=False``; DETR's backbone is transformers' own
+  ResNet-50 instead of timm's, the same layers), each in its faster memory format;
+  normalisation and ``post_process_object_detection`` (threshold 0, top-100 for
+  RT-DETR) are timed with the model, as drmm's graph contains both.
+
+Every model sees the image at its own size (no resize). Prints ms / image and the
+ratio of every drmm backend to every peer, and checks that each drmm backend's
+detections equal fp32 torch's (scores within 1e-4, boxes within 0.05 px, labels
+equal; the bf16 row prints its deviation instead, which is larger).
+
+transformers is a benchmark-time dependency only: ``pip install 'drmm[bench]'``.
+
+    python benchmarks/cpu_peers.py [--threads 2] [--runs 5] [--size 800x1216] [--skip-peers NAME,...]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn, retinanet_resnet50_fpn
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import describe, environment  # noqa: E402
+
+from drmm.config import load_config  # noqa: E402
+from drmm.export import export_onnx, match_detections  # noqa: E402
+from drmm.models import build_detector  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "drmm_r50.yaml"
+SCORE_TOL, BOX_TOL = 1e-4, 0.05
+MEAN, STD = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+
+
+def latencies(runners: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
+    """Median seconds per call: 1 warm-up, then ``runs`` rounds interleaved across runners (load drift hits all)."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for i in range(1 + runs):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            run()
+            if i:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def torchvision_peers(h: int, w: int) -> dict[str, torch.nn.Module]:
+    lo, hi = min(h, w), max(h, w)
+    kw = dict(weights=None, weights_backbone=None, min_size=lo, max_size=hi)
+    return {"Faster R-CNN": fasterrcnn_resnet50_fpn(**kw), "FCOS": fcos_resnet50_fpn(**kw),
+            "RetinaNet": retinanet_resnet50_fpn(**kw)}
+
+
+def hf_peers() -> dict[str, tuple[torch.nn.Module, Callable]]:
+    """DETR-R50 and RT-DETR-R50 from their default configs (random weights, nothing downloaded)."""
+    try:
+        from transformers import (DetrConfig, DetrForObjectDetection, ResNetConfig, RTDetrConfig,
+                                  RTDetrForObjectDetection)
+    except ImportError:
+        print("transformers is not installed: the DETR and RT-DETR rows are skipped "
+              "(pip install 'drmm[bench]' adds them)")
+        return {}
+    detr_backbone = ResNetConfig(depths=[3, 4, 6, 3], layer_type="bottleneck", out_features=["stage4"])
+    detr = DetrForObjectDetection(DetrConfig(use_timm_backbone=False, backbone_config=detr_backbone,
+                                             use_pretrained_backbone=False))
+    rtdetr = RTDetrForObjectDetection(RTDetrConfig())
+    return {"DETR-R50": detr, "RT-DETR-R50": rtdetr}
+
+
+def hf_runner(name: str, model: torch.nn.Module, image: torch.Tensor, channels_last: bool) -> Callable[[], object]:
+    """Normalise, forward, HF's post-processing to boxes in pixels (threshold 0)."""
+    h, w = image.shape[-2:]
+    sizes = torch.tensor([[h, w]])
+
+    def run():
+        x = ((image - MEAN) / STD)[None]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = model(pixel_values=x)
+        logits, boxes = out.logits, out.pred_boxes
+        if name == "DETR-R50":  # DetrImageProcessor.post_process_object_detection: softmax, drop no-object
+            scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+        else:  # RTDetrImageProcessor: sigmoid focal scores, top-100 over queries x classes
+            prob = logits.sigmoid().flatten(1)
+            scores, index = prob.topk(100, dim=1)
+            labels = index % logits.shape[-1]
+            boxes = boxes.gather(1, (index // logits.shape[-1])[..., None].expand(-1, -1, 4))
+        cx, cy, bw, bh = boxes.unbind(-1)
+        xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
+        return xyxy * sizes.flip(-1).repeat(1, 2)[:, None], scores, labels
+    return run
+
+
+def compare(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> tuple[int, float, float]:
+    """Detections matched one-to-one (``drmm.export.match_detections``: same label, score within 1e-4, box within
+    0.05 px), and the largest score and box deviation over equal ranks (boxes: ranks with equal labels)."""
+    same = ref[2] == got[2]
+    db = float(np.abs(ref[0] - got[0])[same].max()) if same.any() else float("nan")
+    return match_detections(ref, got), float(np.abs(ref[1] - got[1]).max()), db
+
+
+def gflops(run: Callable[[], object]) -> float:
+    """GFLOP of one call (torch.utils.flop_counter: 2 x multiply-adds of matmul / conv / attention)."""
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--size", default="800x1216", help="input HxW (default 800x1216)")
+    ap.add_argument("--config", default=str(CONFIG))
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--skip-peers", default="", help="comma-separated peer names to leave out (quick checks)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    print(describe(environment(torch.device("cpu"))))
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(0))
+
+    cfg = load_config(args.config, args.overrides + [f"model.min_size={min(h, w)}", f"model.max_size={max(h, w)}",
+                                                     "model.pretrained=null"])
+    torch.manual_seed(0)
+    base = build_detector(cfg).eval().requires_grad_(False)
+    drmm = copy.deepcopy(base).optimize_for_inference()
+    runners: dict[str, Callable[[], object]] = {
+        "drmm torch fp32": lambda: drmm([image]),
+    }
+
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        names = [str(i) for i in range(cfg.model.num_classes)]
+        path = export_onnx(base, Path(tmp) / "drmm.onnx", names, list(range(len(names))),  # labels as torch gives them
+                           static_size=(h, w))
+        print(f"drmm export (static {h}x{w}): {time.perf_counter() - t:.0f} s")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {"image": image.numpy()}
+    runners["drmm onnxruntime fp32"] = lambda: session.run(None, feed)
+
+    def drmm_bf16():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return drmm([image])
+    runners["drmm torch bf16"] = drmm_bf16
+
+    skip = {s.strip() for s in args.skip_peers.split(",") if s.strip()}
+    peers: dict[str, list[str]] = {}
+    for name, model in torchvision_peers(h, w).items():
+        if name in skip:
+            continue
+        model.eval().requires_grad_(False)
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        runners[f"{name} contiguous"] = (lambda m: lambda: m([image]))(model)
+        runners[f"{name} channels_last"] = (lambda m: lambda: m([image]))(cl)
+        peers[name] = [f"{name} contiguous", f"{name} channels_last"]
+    for name, model in hf_peers().items():
+        if name in skip:
+            continue
+        model.eval().requires_grad_(False)
+        cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        runners[f"{name} contiguous"] = hf_runner(name, model, image, False)
+        runners[f"{name} channels_last"] = hf_runner(name, cl, image, True)
+        peers[name] = [f"{name} contiguous", f"{name} channels_last"]
+
+    with torch.inference_mode():
+        ref = drmm([image])[0]
+        ref = (ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy())
+        checks = {"drmm onnxruntime fp32": session.run(None, feed)}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            d = drmm([image])[0]
+        checks["drmm torch bf16"] = (d["boxes"].float().numpy(), d["scores"].float().numpy(), d["labels"].numpy())
+        flops = {"drmm": gflops(lambda: base([image]))}
+        flops.update({name: gflops(runners[rows[0]]) for name, rows in peers.items()})
+        med = latencies(runners, args.runs)
+
+    print(f"\n{'model / backend':<34} {'ms / image':>10}")
+    for name, t in med.items():
+        print(f"{name:<34} {t * 1e3:10.1f}")
+    best_peer = {name: min(med[r] for r in rows) for name, rows in peers.items()}
+    print("\nGFLOP per image (one forward): " + ", ".join(f"{k} {v:.0f}" for k, v in flops.items()))
+    drmm_rows = ["drmm torch fp32", "drmm onnxruntime fp32", "drmm torch bf16"]
+    print("\nparity with drmm torch fp32 (each detection matched: same label, score within 1e-4, box within "
+          "0.05 px):")
+    exact = {"drmm torch fp32": True}
+    for row, got in checks.items():
+        matched, ds, db = compare(ref, got)
+        exact[row] = matched == len(ref[1]) == len(got[1])
+        loose = match_detections(ref, got, score_tol=1e-2, box_tol=2.0)
+        print(f"  {row:<24} {matched}/{len(ref[1])} matched; by rank: max |score| {ds:.2e}, "
+              f"max |box| {db:.3f} px (same-label ranks) -> {'equal' if exact[row] else 'NOT equal'} "
+              f"({loose}/{len(ref[1])} within 1e-2 / 2 px)")
+    if best_peer:
+        print(f"\nratio drmm / peer (each peer in its faster memory format), one run, median of {args.runs}:")
+        print(f"{'':<24}" + "".join(f"{p:>14}" for p in best_peer))
+        for row in drmm_rows:
+            print(f"{row:<24}" + "".join(f"{med[row] / t:14.2f}" for t in best_peer.values()))
+        fastest = min(best_peer, key=best_peer.get)
+        exact_rows = [r for r in drmm_rows if exact[r]]
+        best = min(exact_rows, key=med.get)
+        print(f"fastest peer: {fastest} ({best_peer[fastest] * 1e3:.0f} ms); drmm's fastest backend with equal "
+              f"detections: {best} -> {med[best] / best_peer[fastest]:.2f}x (goal <= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
