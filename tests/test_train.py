@@ -276,3 +276,29 @@ def test_default_loader_workers(monkeypatch):
     assert loader_workers(None, gpu) == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert loader_workers(None, gpu) == 1
+
+
+@pytest.mark.parametrize("native,overrides,expected", [(True, [], "bf16"), (False, [], "none"),
+                                                       (False, ["--set", "train.amp=bf16"], "bf16")])
+def test_demo_trains_fp32_on_cpus_without_bf16(monkeypatch, tmp_path, native, overrides, expected):
+    """The demo recipe's bf16 autocast only where the CPU has bf16 instructions, unless the user insists."""
+    import drmm.cli.demo as demo
+    import drmm.data
+    import drmm.engine.train
+    from helpers import run_cli
+
+    seen = {}
+
+    def fake_train(cfg, paths, out):
+        seen["amp"] = cfg.train.amp
+        raise RuntimeError("stop after the config")
+
+    monkeypatch.setattr(drmm.data, "generate_synthetic", lambda *a, **k: None)
+    monkeypatch.setattr(drmm.engine.train, "train", fake_train)
+    monkeypatch.setattr(drmm.engine.train.DataPaths, "from_dir", staticmethod(lambda folder: folder))
+    monkeypatch.setattr(demo, "native_bf16", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, out, err = run_cli("demo", "--out", tmp_path, *overrides)
+    assert code != 0 and "stop after the config" in err
+    assert seen["amp"] == expected
+    assert ("no bf16 instructions" in out) == (expected == "none")
