@@ -223,9 +223,10 @@ def verify_export(model: Detector, path: str | Path, cat_ids: list[int],
     got = OnnxDetector(path, threads=torch.get_num_threads())(image.numpy())
     matched = match_detections(ref, got)
     if matched != len(ref[1]) or len(got[1]) != len(ref[1]):
+        why = ("the graph probably kept a size from tracing: export for the size you will run with --static HxW"
+               if static_size is None else "please report this with the checkpoint's config.yaml")
         raise RuntimeError(f"{path}: onnxruntime's detections on a {size[0]}x{size[1]} image differ from "
-                           f"PyTorch's ({matched} of {len(ref[1])} equal within 1e-4 / 0.05 px): the graph "
-                           "kept a size from tracing. Export for the size you will run with --static HxW")
+                           f"PyTorch's ({matched} of {len(ref[1])} equal within 1e-4 / 0.05 px); {why}")
     return size
 
 
