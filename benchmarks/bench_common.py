@@ -86,6 +86,21 @@ def time_calls(fn: Callable[[], Any], device: torch.device, runs: int, warmup: i
     return times
 
 
+def interleaved_latencies(runners: dict[Any, Callable[[], Any]], runs: int) -> dict[Any, float]:
+    """Median seconds per call of each CPU runner: 1 warm-up, then ``runs`` rounds interleaved across runners.
+
+    Interleaving makes load drift hit every model alike, so ratios within one call compare.
+    """
+    times: dict[Any, list[float]] = {name: [] for name in runners}
+    for i in range(1 + runs):
+        for name, run in runners.items():
+            t = time.perf_counter()
+            run()
+            if i:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn, retinanet_resnet50_fpn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import describe, environment  # noqa: E402
+from bench_common import describe, environment, interleaved_latencies  # noqa: E402
 
 from drmm.config import load_config  # noqa: E402
 from drmm.export import export_onnx, match_detections  # noqa: E402
@@ -51,18 +50,6 @@ from drmm.models import build_detector  # noqa: E402
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "drmm_r50.yaml"
 SCORE_TOL, BOX_TOL = 1e-4, 0.05
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-
-
-def latencies(runners: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median seconds per call: 1 warm-up, then ``runs`` rounds interleaved across runners (load drift hits all)."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for i in range(1 + runs):
-        for name, run in runners.items():
-            t = time.perf_counter()
-            run()
-            if i:
-                times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def torchvision_peers(h: int, w: int) -> dict[str, torch.nn.Module]:
@@ -198,7 +185,7 @@ def main() -> None:
         checks["drmm torch bf16"] = (d["boxes"].float().numpy(), d["scores"].float().numpy(), d["labels"].numpy())
         flops = {"drmm": gflops(lambda: base([image]))}
         flops.update({name: gflops(runners[rows[0]]) for name, rows in peers.items()})
-        med = latencies(runners, args.runs)
+        med = interleaved_latencies(runners, args.runs)
 
     print(f"\n{'model / backend':<34} {'ms / image':>10}")
     for name, t in med.items():

@@ -27,6 +27,7 @@ import argparse
 import copy
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,8 +37,11 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn
 
-from drmm.config import load_config
-from drmm.models import build_detector
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_common import interleaved_latencies  # noqa: E402
+
+from drmm.config import load_config  # noqa: E402
+from drmm.models import build_detector  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "drmm_r50.yaml"
 
@@ -51,18 +55,6 @@ def matmul_flops(n: int = 2048, runs: int = 5) -> float:
         torch.mm(a, b)
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times)
-
-
-def _latencies(runners: dict[str, Callable[[], object]], runs: int) -> dict[str, float]:
-    """Median seconds per call of each runner: 1 warm-up, then ``runs`` rounds interleaved across runners."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for i in range(1 + runs):  # interleaved so load drift hits all models alike
-        for name, run in runners.items():
-            t = time.perf_counter()
-            run()
-            if i:
-                times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -122,7 +114,7 @@ def main() -> None:
             runners[(name, "fp32 channels_last")] = runner(channels_last[name])
             if name == "drmm":
                 runners[(name, "fp32 optimized")] = runner(optimized)
-        med = _latencies(runners, args.runs)
+        med = interleaved_latencies(runners, args.runs)
         print(f"{'model':<14} {'mode':<20} {'ms/image':>9} {'GFLOP':>7} {'GFLOP/s':>8}")
         for (name, mode), t in med.items():
             achieved = flops[name] / t
@@ -138,7 +130,7 @@ def main() -> None:
         if not args.no_bf16:
             runners = {("drmm", "bf16 optimized"): runner(optimized, bf16=True),
                        ("Faster R-CNN", "bf16 channels_last"): runner(channels_last["Faster R-CNN"], bf16=True)}
-            med16 = _latencies(runners, args.runs)
+            med16 = interleaved_latencies(runners, args.runs)
             for (name, mode), t in med16.items():
                 print(f"{name:<14} {mode:<20} {t * 1e3:9.1f} ms/image (autocast)")
             d, f = med16[("drmm", "bf16 optimized")], med16[("Faster R-CNN", "bf16 channels_last")]
