@@ -40,15 +40,15 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     out = Path(args.out)
     data_dir = out / "data"
-    if not (data_dir / "annotations" / "val.json").is_file():
-        print("1/4 generating the built-in dataset (2000 train / 200 val synthetic 128x128 scenes)")
-        generate_synthetic(data_dir, 2000, 200, seed=0, image_size=128)
     cfg = load_config(args.config or packaged_config("demo.yaml"), args.overrides)
     chose_amp = any(o.split("=", 1)[0].strip() == "train.amp" for o in args.overrides)
     if cfg.train.amp == "bf16" and not chose_amp and not torch.cuda.is_available() and not native_bf16():
         print("this CPU has no bf16 instructions (autocast would emulate them, slowly): training in fp32; "
               "--set train.amp=bf16 insists")
         cfg.train.amp = "none"
+    if not (data_dir / "annotations" / "val.json").is_file():
+        print("1/4 generating the built-in dataset (2000 train / 200 val synthetic 128x128 scenes)")
+        generate_synthetic(data_dir, 2000, 200, seed=0, image_size=128)
     print(f"2/4 training the CPU recipe ({cfg.model.architecture}, {cfg.train.max_iters} iterations, "
           f"batch {cfg.train.batch_size})")
     train(cfg, DataPaths.from_dir(data_dir), out / "run")
