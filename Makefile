@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,export]'
+	$(PY) -m pip install -e '.[test,export,openvino]'
 	touch $(STAMP)
 
 install: $(STAMP)

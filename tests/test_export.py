@@ -110,7 +110,7 @@ def test_predict_onnx_cli_errors(tmp_path):
     rc, _, err = run_cli("predict", big, "--onnx", tmp_path / "missing.onnx")
     assert rc == 2 and "not found" in err
     rc, _, err = run_cli("export", "--weights", tmp_path / "model.pt", "--out", tmp_path / "h.onnx", "--half")
-    assert rc == 2 and "--half" in err
+    assert rc == 2 and "--half" in err and "--precision bf16" in err
 
 
 def _static_export(folder: Path) -> tuple[Path, Path]:
@@ -225,3 +225,79 @@ def test_match_detections_against_hand_cases():
     assert match_detections(ref, relabelled) == 2
     rescored = (boxes, ref[1] + np.float32(2e-4), ref[2])
     assert match_detections(ref, rescored) == 0
+
+
+# --- OpenVINO: the same file on a second runtime --------------------------------------------
+
+def _openvino():
+    return pytest.importorskip("openvino", reason="pip install 'drmm[openvino]'")
+
+
+def test_openvino_f32_matches_pytorch(exported):
+    """OpenVINO reads the exported file itself and, in f32, gives drmm predict's detections too."""
+    _openvino()
+    ckpt, onnx_path = exported
+    model, _ = detector_from_checkpoint(ckpt)
+    model.optimize_for_inference()
+    detector = OnnxDetector(onnx_path, runtime="openvino")
+    assert detector.cat_ids == CAT_IDS and detector.class_names == ["cat", "dog", "owl"] and detector.static is None
+    gen = torch.Generator().manual_seed(2)
+    for size in SIZES:
+        image = torch.rand(3, *size, generator=gen)
+        with torch.inference_mode():
+            ref = model([image])[0]
+        boxes, scores, labels = detector(image.numpy())
+        np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(boxes, ref["boxes"].numpy(), atol=0.05, rtol=0)
+        assert labels.tolist() == [CAT_IDS[i] for i in ref["labels"].tolist()]
+
+
+def test_openvino_reads_a_static_export(tmp_path, monkeypatch):
+    """A static export folds empty per-level constants; they are rewritten so OpenVINO takes the graph
+    (without the rewrite OpenVINO refuses it, and the error says what to do)."""
+    _openvino()
+    import drmm.export as export
+
+    ckpt, onnx_path = _static_export(tmp_path)
+    image = torch.rand(3, 64, 80, generator=torch.Generator().manual_seed(4))
+    model, _ = detector_from_checkpoint(ckpt)
+    model.optimize_for_inference()
+    with torch.inference_mode():
+        ref = model([image])[0]
+    boxes, scores, labels = OnnxDetector(onnx_path, runtime="openvino")(image.numpy())
+    np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(boxes, ref["boxes"].numpy(), atol=0.05, rtol=0)
+
+    monkeypatch.setattr(export, "materialise_empty_initializers", lambda proto: 0)
+    assert run_cli("export", "--weights", ckpt, "--out", tmp_path / "raw.onnx", "--static", "64x80")[0] == 0
+    with pytest.raises(RuntimeError, match="OpenVINO cannot read .*raw.onnx.*re-export"):
+        OnnxDetector(tmp_path / "raw.onnx", runtime="openvino")
+
+
+def test_openvino_bf16_runs_in_bfloat16_close_to_f32(exported, tmp_path):
+    """bf16 is what it says (scores differ from f32) and close: same top detection, scores within 3e-2."""
+    ov = _openvino()
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no bfloat16 instructions")
+    _, onnx_path = exported
+    image = np.random.default_rng(5).random((3, 140, 150), dtype=np.float32)
+    f32 = OnnxDetector(onnx_path, runtime="openvino")(image)
+    bf16 = OnnxDetector(onnx_path, runtime="openvino", precision="bf16")(image)
+    deviation = np.abs(np.sort(f32[1]) - np.sort(bf16[1])).max()
+    assert 0 < deviation < 3e-2
+    Image.fromarray((image.transpose(1, 2, 0) * 255).astype(np.uint8)).save(tmp_path / "im.png")
+    args = ("predict", tmp_path / "im.png", "--onnx", onnx_path, "--out", tmp_path / "o", "--threshold", 0)
+    assert run_cli(*args, "--runtime", "openvino", "--precision", "bf16")[0] == 0
+    assert len(json.loads((tmp_path / "o" / "im.json").read_text())["scores"]) == 20
+
+
+def test_runtime_and_precision_errors(tmp_path, monkeypatch):
+    ckpt, onnx_path = _static_export(tmp_path)
+    Image.new("RGB", (80, 64)).save(tmp_path / "im.png")
+    rc, _, err = run_cli("predict", tmp_path / "im.png", "--onnx", onnx_path, "--precision", "bf16")
+    assert rc == 2 and "needs --runtime openvino" in err
+    rc, _, err = run_cli("predict", tmp_path / "im.png", "--weights", ckpt, "--runtime", "openvino")
+    assert rc == 2 and "--onnx MODEL" in err
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    rc, _, err = run_cli("predict", tmp_path / "im.png", "--onnx", onnx_path, "--runtime", "openvino")
+    assert rc == 2 and "pip install 'drmm[openvino]'" in err

@@ -176,12 +176,41 @@ def export_onnx(model: Detector, out: str | Path, class_names: list[str], cat_id
     out.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(out))
     proto = onnx.load(str(out))
+    materialise_empty_initializers(proto)
     meta = {"drmm_class_names": json.dumps(list(class_names)), "drmm_cat_ids": json.dumps([int(c) for c in cat_ids]),
             "drmm_detections_per_image": str(model.postprocess.detections_per_image)}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(out))
     return out
+
+
+def materialise_empty_initializers(proto: "onnx.ModelProto") -> int:
+    """Replace every zero-size initializer by a ``Slice`` of a one-element-thick constant (same name, dtype, shape).
+
+    A static export folds the first stage's constant proposals, so an FPN level
+    without boxes becomes an empty ``[0, 4]`` constant. onnxruntime takes it;
+    OpenVINO reads an empty initializer as a scalar and refuses the graph. Returns
+    how many were replaced.
+    """
+    from onnx import helper, numpy_helper
+
+    graph, count = proto.graph, 0
+    for init in list(graph.initializer):
+        if 0 not in init.dims:
+            continue
+        empty = numpy_helper.to_array(init)
+        axes = [i for i, d in enumerate(empty.shape) if d == 0]
+        graph.initializer.remove(init)
+        names = [f"{init.name}__{k}" for k in ("full", "zeros", "axes")]
+        graph.initializer.extend([
+            numpy_helper.from_array(np.zeros([d or 1 for d in empty.shape], empty.dtype), names[0]),
+            numpy_helper.from_array(np.zeros(len(axes), np.int64), names[1]),
+            numpy_helper.from_array(np.asarray(axes, np.int64), names[2])])
+        graph.node.insert(0, helper.make_node("Slice", [names[0], names[1], names[1], names[2]], [init.name],
+                                              name=f"{init.name}__empty"))
+        count += 1
+    return count
 
 
 def match_detections(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...], score_tol: float = 1e-4,
@@ -241,7 +270,8 @@ def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
     from .predict import checkpoint_classes
 
     if half:
-        raise ValueError("--half is not supported yet: export float32 (onnxruntime's CPU kernels run fp32)")
+        raise ValueError("--half is not supported: export float32 and choose the precision when running it "
+                         "(drmm predict --onnx MODEL --runtime openvino --precision bf16 on CPUs with bfloat16)")
     require_modules("onnx", "onnxscript")
     model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
     names, cat_ids = checkpoint_classes(model, ckpt)

@@ -1,4 +1,4 @@
-"""``drmm predict --onnx``: run an exported graph with onnxruntime only (numpy, PIL; no torch).
+"""``drmm predict --onnx``: run an exported graph with onnxruntime or OpenVINO only (numpy, PIL; no torch).
 
 Writes the same outputs as :func:`drmm.predict.predict`: ``OUT/<stem>.png`` with the
 detections scoring >= ``threshold`` drawn (with PIL) and ``OUT/<stem>.json``. The
@@ -35,36 +35,95 @@ def check_image(image: np.ndarray, static: tuple[int, int] | None = None) -> Non
         raise ValueError("image contains NaN or inf")
 
 
-class OnnxDetector:
-    """An exported drmm graph in an onnxruntime session: ``detector(image [3, H, W]) -> (boxes, scores, labels)``."""
+RUNTIMES = ("onnxruntime", "openvino")
+PRECISIONS = ("f32", "bf16")
+OPENVINO_EXTRA = "pip install 'drmm[openvino]'"
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as e:
-            raise RuntimeError(f"drmm predict --onnx needs onnxruntime: {EXPORT_EXTRA}") from e
+
+def _onnxruntime_session(path: Path, threads: int | None, precision: str):
+    """``(run, metadata, input shape)`` of an onnxruntime CPU session; fp32 only."""
+    if precision != "f32":
+        raise ValueError(f"onnxruntime runs the graph in fp32 on CPUs; --precision {precision} needs "
+                         "--runtime openvino")
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise RuntimeError(f"drmm predict --onnx needs onnxruntime: {EXPORT_EXTRA}") from e
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise RuntimeError(f"cannot load ONNX model {path}: {e}") from e
+
+    def run(image: np.ndarray) -> list[np.ndarray]:
+        return session.run(None, {"image": image})
+    return run, session.get_modelmeta().custom_metadata_map, session.get_inputs()[0].shape
+
+
+def _openvino_session(path: Path, threads: int | None, precision: str):
+    """``(run, metadata, input shape)`` of an OpenVINO CPU model compiled for ``precision`` (f32 or bf16).
+
+    OpenVINO reads the ONNX file itself (no conversion step). ``bf16`` runs the
+    convolutions and matrix products in bfloat16 (AMX / AVX-512 BF16): about 4x
+    faster than fp32 on CPUs that have them, with scores that move by about 1e-3.
+    """
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise RuntimeError(f"--runtime openvino needs OpenVINO: {OPENVINO_EXTRA}") from e
+    core = ov.Core()
+    if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        raise RuntimeError("this CPU has no bfloat16 instructions (AVX-512 BF16 or AMX): use --precision f32")
+    try:
+        model = core.read_model(str(path))
+    except Exception as e:
+        raise RuntimeError(f"OpenVINO cannot read {path} (re-export it with this drmm version): "
+                           f"{str(e).strip().splitlines()[-1]}") from e
+    meta = {}
+    if model.has_rt_info(["framework"]):
+        meta = {k: model.get_rt_info(["framework", k]).astype(str) for k in model.get_rt_info()["framework"]}
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = threads
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+
+    def run(image: np.ndarray) -> list[np.ndarray]:
+        request.infer({"image": image})
+        return [request.get_tensor(name).data.copy() for name in ("boxes", "scores", "labels")]
+    shape = model.inputs[0].get_partial_shape()
+    return run, meta, [d.get_length() if d.is_static else None for d in shape]
+
+
+class OnnxDetector:
+    """An exported drmm graph on a CPU runtime: ``detector(image [3, H, W]) -> (boxes, scores, labels)``.
+
+    ``runtime``: ``onnxruntime`` (the default; fp32) or ``openvino`` (the same file;
+    ``precision`` ``f32`` or ``bf16``). ``threads``: the runtime's default when None.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, runtime: str = "onnxruntime",
+                 precision: str = "f32") -> None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         if not Path(path).is_file():
             raise FileNotFoundError(f"ONNX model not found: {path}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            raise RuntimeError(f"cannot load ONNX model {path}: {e}") from e
-        meta = self.session.get_modelmeta().custom_metadata_map
+        session = _onnxruntime_session if runtime == "onnxruntime" else _openvino_session
+        self.run, meta, shape = session(Path(path), threads, precision)
         if "drmm_cat_ids" not in meta:
             raise RuntimeError(f"{path} is not a drmm export (no drmm_cat_ids metadata); make one with drmm export")
         self.cat_ids = json.loads(meta["drmm_cat_ids"])
         self.class_names = json.loads(meta.get("drmm_class_names", "[]")) or [str(c) for c in self.cat_ids]
         self.name_of = dict(zip(self.cat_ids, self.class_names))
-        shape = self.session.get_inputs()[0].shape
         self.static = tuple(shape[1:]) if all(isinstance(s, int) for s in shape[1:]) else None
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``image [3, H, W]`` floats in 0..1 -> ``boxes [N, 4]``, ``scores [N]``, ``labels [N]`` (category ids)."""
         check_image(image, self.static)
-        boxes, scores, labels = self.session.run(None, {"image": np.ascontiguousarray(image, dtype=np.float32)})
+        boxes, scores, labels = self.run(np.ascontiguousarray(image, dtype=np.float32))
         return boxes, scores, labels
 
 
@@ -84,12 +143,13 @@ def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[
 
 
 def predict_onnx(model: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float = 0.3,
-                 recursive: bool = False, min_side: int = 512, threads: int | None = None) -> dict:
-    """Like :func:`drmm.predict.predict` with an exported graph; returns the same summary dict."""
+                 recursive: bool = False, min_side: int = 512, threads: int | None = None,
+                 runtime: str = "onnxruntime", precision: str = "f32") -> dict:
+    """Like :func:`drmm.predict.predict` with an exported graph on ``runtime``; returns the same summary dict."""
     files = collect_images(inputs, recursive)
     if not files:
         raise FileNotFoundError("no input images given")
-    detector = OnnxDetector(model, threads)
+    detector = OnnxDetector(model, threads, runtime, precision)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     used, skipped, outputs, total = set(), [], [], 0  # output stems, unreadable files, PNGs, detections
