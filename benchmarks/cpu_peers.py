@@ -1,13 +1,14 @@
-"""CPU inference beside other detectors: drmm R50 through torch and onnxruntime vs five peers.
+"""CPU inference beside other detectors: drmm R50 through torch, onnxruntime and OpenVINO vs five peers.
 
 One 800 x 1216 image, batch 1, 2 threads, random weights, in one run (interleaved
 rounds, median of N after 1 warm-up):
 
 * drmm R50 (``configs/drmm_r50.yaml``, 300 proposals, 6 stages): torch as ``drmm
   eval`` / ``predict`` run it (``optimize_for_inference``: folded BatchNorm +
-  channels_last), the same under bf16 autocast, and the ``drmm export`` graph through
-  onnxruntime's CPU execution provider (static 800 x 1216 export, all graph
-  optimisations);
+  channels_last), the same under bf16 autocast, and the ``drmm export`` graph (static
+  800 x 1216) as ``drmm predict --onnx`` runs it: onnxruntime's CPU execution
+  provider, and OpenVINO in f32 and bf16 (``--runtime openvino``; rows skipped when
+  OpenVINO is not installed);
 * torchvision Faster R-CNN, FCOS and RetinaNet R50-FPN (``weights=None``), each in
   its faster memory format (contiguous or channels_last, both timed);
 * Hugging Face transformers DETR-R50 and RT-DETR-R50 (built from their configs, no
@@ -19,7 +20,7 @@ rounds, median of N after 1 warm-up):
 Every model sees the image at its own size (no resize). Prints ms / image and the
 ratio of every drmm backend to every peer, and checks that each drmm backend's
 detections equal fp32 torch's (scores within 1e-4, boxes within 0.05 px, labels
-equal; the bf16 row prints its deviation instead, which is larger).
+equal; the bf16 rows print their deviation instead, which is larger).
 
 transformers is a benchmark-time dependency only: ``pip install 'drmm[bench]'``.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import sys
 import tempfile
 import time
@@ -46,6 +48,7 @@ from bench_common import describe, environment, interleaved_latencies  # noqa: E
 from drmm.config import load_config  # noqa: E402
 from drmm.export import export_onnx, match_detections  # noqa: E402
 from drmm.models import build_detector  # noqa: E402
+from drmm.onnx_predict import OnnxDetector  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "drmm_r50.yaml"
 SCORE_TOL, BOX_TOL = 1e-4, 0.05
@@ -138,19 +141,24 @@ def main() -> None:
         "drmm torch fp32": lambda: drmm([image]),
     }
 
-    import onnxruntime as ort
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         names = [str(i) for i in range(cfg.model.num_classes)]
         path = export_onnx(base, Path(tmp) / "drmm.onnx", names, list(range(len(names))),  # labels as torch gives them
                            static_size=(h, w))
         print(f"drmm export (static {h}x{w}): {time.perf_counter() - t:.0f} s")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    feed = {"image": image.numpy()}
-    runners["drmm onnxruntime fp32"] = lambda: session.run(None, feed)
+        backends = {"drmm onnxruntime fp32": OnnxDetector(path, args.threads)}
+        if importlib.util.find_spec("openvino") is None:
+            print("openvino is not installed: its rows are skipped (pip install 'drmm[openvino]' adds them)")
+        else:
+            backends["drmm openvino fp32"] = OnnxDetector(path, args.threads, "openvino", "f32")
+            try:
+                backends["drmm openvino bf16"] = OnnxDetector(path, args.threads, "openvino", "bf16")
+            except RuntimeError as e:
+                print(f"drmm openvino bf16 skipped: {e}")
+    array = image.numpy()
+    for row, detector in backends.items():
+        runners[row] = (lambda d: lambda: d.run(array))(detector)
 
     def drmm_bf16():
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -179,7 +187,7 @@ def main() -> None:
     with torch.inference_mode():
         ref = drmm([image])[0]
         ref = (ref["boxes"].numpy(), ref["scores"].numpy(), ref["labels"].numpy())
-        checks = {"drmm onnxruntime fp32": session.run(None, feed)}
+        checks = {row: detector.run(array) for row, detector in backends.items()}
         with torch.autocast("cpu", dtype=torch.bfloat16):
             d = drmm([image])[0]
         checks["drmm torch bf16"] = (d["boxes"].float().numpy(), d["scores"].float().numpy(), d["labels"].numpy())
@@ -192,7 +200,7 @@ def main() -> None:
         print(f"{name:<34} {t * 1e3:10.1f}")
     best_peer = {name: min(med[r] for r in rows) for name, rows in peers.items()}
     print("\nGFLOP per image (one forward): " + ", ".join(f"{k} {v:.0f}" for k, v in flops.items()))
-    drmm_rows = ["drmm torch fp32", "drmm onnxruntime fp32", "drmm torch bf16"]
+    drmm_rows = ["drmm torch fp32", *backends, "drmm torch bf16"]
     print("\nparity with drmm torch fp32 (each detection matched: same label, score within 1e-4, box within "
           "0.05 px):")
     exact = {"drmm torch fp32": True}
