@@ -24,7 +24,7 @@ COMMAND_FLAGS = {
              "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
     "calibration": {"--ann", "--detections", "--names", "--out", "--iou", "--min-score", "--bins", "--laece-bins",
                     "--matching", "--fit", "--fit-ann", "--method", "--skip-invalid"},
-    "predict": {"--weights", "--onnx", "--out", "--threshold", "--device", "--recursive"},
+    "predict": {"--weights", "--onnx", "--runtime", "--precision", "--out", "--threshold", "--device", "--recursive"},
     "export": {"--weights", "--out", "--opset", "--dynamic", "--static", "--half"},
     "bench": {"--weights", "--config", "--set", "--size", "--device", "--batch", "--runs", "--warmup", "--dtypes",
               "--threads", "--compile", "--no-optimize"},

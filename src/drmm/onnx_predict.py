@@ -67,7 +67,8 @@ def _openvino_session(path: Path, threads: int | None, precision: str):
 
     OpenVINO reads the ONNX file itself (no conversion step). ``bf16`` runs the
     convolutions and matrix products in bfloat16 (AMX / AVX-512 BF16): about 4x
-    faster than fp32 on CPUs that have them, with scores that move by about 1e-3.
+    faster than fp32 on CPUs that have them; scores move by up to ~0.04 for 99% of
+    detections, AP by ~0.2 points on the demo models (``benchmarks/onnx_precision.py``).
     """
     try:
         import openvino as ov

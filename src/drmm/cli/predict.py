@@ -15,8 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default="onnxruntime",
                    help="what runs --onnx (default onnxruntime; openvino: pip install 'drmm[openvino]')")
     p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
-                   help="--runtime openvino only: bf16 is ~4x faster on CPUs with AMX / AVX-512 BF16, scores "
-                        "within ~1e-2 of f32 (default f32: PyTorch's detections)")
+                   help="--runtime openvino only: bf16 is ~4x faster on CPUs with AMX / AVX-512 BF16 but moves "
+                        "scores (by up to ~0.04 for 99%% of detections; docs/benchmarks.md); default f32: "
+                        "PyTorch's detections")
     p.add_argument("--out", help="output folder (default: predictions)")
     p.add_argument("--threshold", type=float, default=0.3, help="minimum score drawn and saved (default 0.3)")
     p.add_argument("--device", default="cpu")
