@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--dynamic", action="store_true", default=True, help="any image size (default)")
     shape.add_argument("--static", type=_size, metavar="HxW", help="only images of this size")
-    p.add_argument("--half", action="store_true", help="not supported: reduced precision is chosen at run time (drmm predict --precision)")
+    p.add_argument("--half", action="store_true",
+                   help="not supported: reduced precision is chosen at run time (drmm predict --precision)")
     p.set_defaults(func=run)
 
 
