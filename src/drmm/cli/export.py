@@ -32,5 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
     out = export_checkpoint(args.weights, args.out, args.opset, args.static, args.half)
     print(f"wrote {out} ({'static ' + 'x'.join(map(str, args.static)) if args.static else 'dynamic'} input size); "
-          "checked: onnxruntime gives PyTorch's detections on a random image")
+          "checked: onnxruntime gives PyTorch's detections on a random image\n"
+          f"run it: drmm predict --onnx {out} IMAGES... [--runtime openvino [--precision bf16]]")
     return 0
