@@ -291,6 +291,25 @@ def test_openvino_bf16_runs_in_bfloat16_close_to_f32(exported, tmp_path):
     assert len(json.loads((tmp_path / "o" / "im.json").read_text())["scores"]) == 20
 
 
+def test_readme_openvino_snippet_gives_onnxruntimes_detections(exported, tmp_path):
+    """The README's OpenVINO lines, after its onnxruntime snippet, in one interpreter without torch."""
+    _openvino()
+    _, onnx_path = exported
+    readme = (ROOT / "README.md").read_text()
+    first, second = (re.search(rf"<!-- {name}-snippet -->\n```python\n(.*?)```", readme, re.S).group(1)
+                     for name in ("onnx", "openvino"))
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg")
+    (tmp_path / "model.onnx").write_bytes(onnx_path.read_bytes())
+    code = ("import sys; sys.modules['torch'] = None\n" + first + "reference = (boxes, scores, labels, names)\n"
+            + second + "assert names == reference[3] and (labels == reference[2]).all()\n"
+            "assert np.abs(scores - reference[1]).max() <= 1e-4 and np.abs(boxes - reference[0]).max() <= 0.05\n"
+            "print(len(scores))\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "20"
+
+
 def test_runtime_and_precision_errors(tmp_path, monkeypatch):
     ckpt, onnx_path = _static_export(tmp_path)
     Image.new("RGB", (80, 64)).save(tmp_path / "im.png")
