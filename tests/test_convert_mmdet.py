@@ -1,5 +1,6 @@
 """``drmm convert-mmdet``: the authors' released checkpoints (layout and forward pass from
 released-checkpoint.md, restated in tests/released_reference.py) converted into drmm checkpoints."""
+import importlib.util
 import json
 
 import numpy as np
@@ -154,6 +155,8 @@ def test_converted_checkpoint_exports_to_onnx_with_coco_ids(small_release, tmp_p
     got = detector(image.numpy())
     assert len(got[1]) == 100 and match_detections(ref, got) == 100
     assert set(got[2].tolist()) <= set(COCO_CATEGORY_IDS)
+    if importlib.util.find_spec("openvino"):  # the same file on OpenVINO (f32)
+        assert match_detections(ref, OnnxDetector(tmp_path / "c.onnx", runtime="openvino")(image.numpy())) == 100
 
 
 class NotATensor:

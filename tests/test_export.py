@@ -5,6 +5,7 @@ PyTorch detector itself as ``drmm predict`` runs it (optimised for inference).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -152,7 +153,8 @@ def _small(config: str, **model) -> "Config":
 @pytest.mark.parametrize("config,static", [("drmm_r50.yaml", None), ("drmm_swin_t.yaml", (90, 131)),
                                            ("drmm_adamixer_swin_t.yaml", (131, 90))])
 def test_paper_backbones_export_and_match(config, static, tmp_path):
-    """ResNet-50 (any size) and Swin-T (one size): export_checkpoint's own check against PyTorch passes."""
+    """ResNet-50 (any size) and Swin-T (one size): export_checkpoint's own check against PyTorch passes, and
+    onnxruntime and OpenVINO both give PyTorch's detections."""
     from drmm.export import export_checkpoint, match_detections
 
     torch.manual_seed(0)
@@ -168,6 +170,8 @@ def test_paper_backbones_export_and_match(config, static, tmp_path):
     got = OnnxDetector(onnx_path)(image.numpy())
     ref = tuple(ref[k].numpy() for k in ("boxes", "scores", "labels"))
     assert match_detections(ref, got) == 10
+    if importlib.util.find_spec("openvino"):  # the same file on OpenVINO (f32)
+        assert match_detections(ref, OnnxDetector(onnx_path, runtime="openvino")(image.numpy())) == 10
 
 
 def test_swin_needs_a_static_size(tmp_path):
