@@ -178,3 +178,20 @@ def parse_list(text: str, kind: type = str) -> list:
 def parse_size(text: str) -> tuple[int, int]:
     h, w = (int(v) for v in text.lower().split("x"))
     return h, w
+
+
+def onnx_backends(path: Path, threads: int) -> dict[str, Any]:
+    """``drmm predict --onnx``'s backends for one exported graph: onnxruntime f32, OpenVINO f32 and bf16.
+
+    The OpenVINO rows are left out, with the reason printed, when OpenVINO is not
+    installed or (bf16) the CPU has no bfloat16 instructions.
+    """
+    from drmm.onnx_predict import OnnxDetector
+
+    found = {"onnxruntime f32": OnnxDetector(path, threads)}
+    for precision in ("f32", "bf16"):
+        try:
+            found[f"openvino {precision}"] = OnnxDetector(path, threads, "openvino", precision)
+        except RuntimeError as e:
+            print(f"openvino {precision} skipped: {e}")
+    return found

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import sys
 import tempfile
 import time
@@ -43,12 +42,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn, retinanet_resnet50_fpn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import describe, environment, interleaved_latencies  # noqa: E402
+from bench_common import describe, environment, interleaved_latencies, onnx_backends  # noqa: E402
 
 from drmm.config import load_config  # noqa: E402
 from drmm.export import export_onnx, match_detections  # noqa: E402
 from drmm.models import build_detector  # noqa: E402
-from drmm.onnx_predict import OnnxDetector  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "drmm_r50.yaml"
 SCORE_TOL, BOX_TOL = 1e-4, 0.05
@@ -147,15 +145,7 @@ def main() -> None:
         path = export_onnx(base, Path(tmp) / "drmm.onnx", names, list(range(len(names))),  # labels as torch gives them
                            static_size=(h, w))
         print(f"drmm export (static {h}x{w}): {time.perf_counter() - t:.0f} s")
-        backends = {"drmm onnxruntime fp32": OnnxDetector(path, args.threads)}
-        if importlib.util.find_spec("openvino") is None:
-            print("openvino is not installed: its rows are skipped (pip install 'drmm[openvino]' adds them)")
-        else:
-            backends["drmm openvino fp32"] = OnnxDetector(path, args.threads, "openvino", "f32")
-            try:
-                backends["drmm openvino bf16"] = OnnxDetector(path, args.threads, "openvino", "bf16")
-            except RuntimeError as e:
-                print(f"drmm openvino bf16 skipped: {e}")
+        backends = {f"drmm {row}": detector for row, detector in onnx_backends(path, args.threads).items()}
     array = image.numpy()
     for row, detector in backends.items():
         runners[row] = (lambda d: lambda: d.run(array))(detector)

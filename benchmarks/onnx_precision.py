@@ -25,24 +25,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_common import describe, environment  # noqa: E402
+from bench_common import describe, environment, onnx_backends  # noqa: E402
 
 from drmm.evaluation.calibration_summary import calibration_summary  # noqa: E402
 from drmm.evaluation.coco import coco_evaluate  # noqa: E402
 from drmm.evaluation.cocofiles import detections_from_results, load_ground_truth, read_json  # noqa: E402
 from drmm.export import export_checkpoint, match_detections  # noqa: E402
 from drmm.image_files import load_rgb  # noqa: E402
-from drmm.onnx_predict import OnnxDetector  # noqa: E402
-
-
-def backends(path: Path, threads: int) -> dict[str, OnnxDetector]:
-    found = {"onnxruntime f32": OnnxDetector(path, threads)}
-    for precision in ("f32", "bf16"):
-        try:
-            found[f"openvino {precision}"] = OnnxDetector(path, threads, "openvino", precision)
-        except RuntimeError as e:  # not installed, or no bf16 on this CPU
-            print(f"openvino {precision} skipped: {e}")
-    return found
 
 
 def main() -> None:
@@ -61,7 +50,7 @@ def main() -> None:
     images = coco.dataset["images"][: args.limit or None]
     with tempfile.TemporaryDirectory() as tmp:
         path = export_checkpoint(args.weights, Path(tmp) / "model.onnx")
-        runners = backends(path, args.threads)
+        runners = onnx_backends(path, args.threads)
     results = {name: [] for name in runners}
     times = {name: [] for name in runners}
     equal, total, deviations = dict.fromkeys(runners, 0), 0, {name: [] for name in runners}
