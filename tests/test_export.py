@@ -79,8 +79,10 @@ def test_predict_onnx_writes_what_predict_writes(exported, tmp_path):
     rng = np.random.default_rng(0)
     for i, (h, w) in enumerate(SIZES[:2]):
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
-    assert run_cli("predict", folder, "--weights", ckpt, "--out", tmp_path / "pt", "--threshold", 0)[0] == 0
-    assert run_cli("predict", folder, "--onnx", onnx_path, "--out", tmp_path / "ox", "--threshold", 0)[0] == 0
+    rc_pt, _, err_pt = run_cli("predict", folder, "--weights", ckpt, "--out", tmp_path / "pt", "--threshold", 0)
+    rc_ox, _, err_ox = run_cli("predict", folder, "--onnx", onnx_path, "--out", tmp_path / "ox", "--threshold", 0)
+    assert rc_pt == rc_ox == 0
+    assert "predict: 100%" in err_pt and "predict: 100%" in err_ox and "2/2" in err_ox  # both show progress
     for i in range(2):
         pt = json.loads((tmp_path / "pt" / f"im{i}.json").read_text())
         ox = json.loads((tmp_path / "ox" / f"im{i}.json").read_text())
@@ -116,6 +118,16 @@ def test_predict_onnx_cli_errors(tmp_path):
     assert rc == 2 and "not found" in err
     rc, _, err = run_cli("export", "--weights", tmp_path / "model.pt", "--out", tmp_path / "h.onnx", "--half")
     assert rc == 2 and "--half" in err and "--precision bf16" in err
+
+
+def test_export_cli_prints_its_result_not_the_exporters_log(tmp_path):
+    """``drmm export`` as a user runs it: torch.onnx's optimiser logs ~700 INFO lines unless silenced."""
+    ckpt = _checkpoint(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "drmm", "export", "--weights", str(ckpt), "--out",
+                           str(tmp_path / "m.onnx")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = (done.stdout + done.stderr).splitlines()
+    assert lines[0].startswith("exporting ") and lines[1].startswith("wrote ") and len(lines) == 3, lines[:10]
 
 
 def _static_export(folder: Path) -> tuple[Path, Path]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from .image_files import collect_images, out_stem, read_or_skip, write_record
 
@@ -145,7 +146,7 @@ def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[
 
 def predict_onnx(model: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float = 0.3,
                  recursive: bool = False, min_side: int = 512, threads: int | None = None,
-                 runtime: str = "onnxruntime", precision: str = "f32") -> dict:
+                 runtime: str = "onnxruntime", precision: str = "f32", progress: bool = True) -> dict:
     """Like :func:`drmm.predict.predict` with an exported graph on ``runtime``; returns the same summary dict."""
     files = collect_images(inputs, recursive)
     if not files:
@@ -154,7 +155,7 @@ def predict_onnx(model: str | Path, inputs: list[str | Path], out_dir: str | Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     used, skipped, outputs, total = set(), [], [], 0  # output stems, unreadable files, PNGs, detections
-    for path in files:
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
         pil = read_or_skip(path, len(files), skipped)
         if pil is None:
             continue

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``drmm ARGV``; input errors (missing files, bad values) print one line and return 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for chatty in ("onnxscript", "onnx_ir"):  # torch.onnx's optimiser logs each of its ~700 rewrites
+        logging.getLogger(chatty).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ValueError, RuntimeError) as e:

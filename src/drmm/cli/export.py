@@ -30,6 +30,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_checkpoint
 
+    print(f"exporting {args.weights} -> {args.out}: tracing, optimising and checking against PyTorch ...",
+          flush=True)
     out = export_checkpoint(args.weights, args.out, args.opset, args.static, args.half)
     print(f"wrote {out} ({'static ' + 'x'.join(map(str, args.static)) if args.static else 'dynamic'} input size); "
           "checked: onnxruntime gives PyTorch's detections on a random image\n"
