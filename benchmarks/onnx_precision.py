@@ -29,7 +29,7 @@ from bench_common import describe, environment, onnx_backends  # noqa: E402
 
 from drmm.evaluation.calibration_summary import calibration_summary  # noqa: E402
 from drmm.evaluation.coco import coco_evaluate  # noqa: E402
-from drmm.evaluation.cocofiles import detections_from_results, load_ground_truth, read_json  # noqa: E402
+from drmm.evaluation.cocofiles import detections_from_results, load_ground_truth  # noqa: E402
 from drmm.export import export_checkpoint, match_detections  # noqa: E402
 from drmm.image_files import load_rgb  # noqa: E402
 

@@ -22,6 +22,7 @@ pytest.importorskip("onnxruntime", reason="pip install 'drmm[export]'")
 pytest.importorskip("onnxscript", reason="pip install 'drmm[export]'")
 
 from drmm import build_detector, detector_from_checkpoint  # noqa: E402
+from drmm.config import Config, load_config  # noqa: E402
 from drmm.engine.checkpoint import atomic_save, make_checkpoint  # noqa: E402
 from drmm.onnx_predict import OnnxDetector, check_image  # noqa: E402
 
@@ -155,9 +156,7 @@ def test_readme_snippet_runs_without_torch(exported, tmp_path):
 
 # --- every backbone, and a graph that kept a size from tracing ------------------------------
 
-def _small(config: str, **model) -> "Config":
-    from drmm.config import load_config
-
+def _small(config: str, **model) -> Config:
     cfg = load_config(ROOT / "configs" / config, ["model.pretrained=null", "model.num_proposals=8", "model.num_stages=1",
                                                  "model.min_size=96", "model.max_size=160",
                                                  "model.detections_per_image=10"])

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from .models.backbone import STRIDES, SwinBody
 from .models.box_ops import clean_boxes
 from .models.detector import Detector
 from .models.poolers import TorchvisionRoIAlign, box_levels, released_levels
+
+if TYPE_CHECKING:  # onnx is optional: imported where it is used
+    import onnx
 
 EXPORT_EXTRA = "pip install 'drmm[export]'"
 MIN_SIDE = 8

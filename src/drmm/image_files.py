@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 logger = logging.getLogger("drmm.predict")
 
@@ -97,3 +99,11 @@ def read_or_skip(path: Path, count: int, skipped: list[str]) -> Image.Image | No
         logger.warning("skipping unreadable image %s: %s", path, e)
         skipped.append(str(path))
         return None
+
+
+def readable_images(files: list[Path], skipped: list[str], progress: bool = True) -> Iterator[tuple[Path, Image.Image]]:
+    """``(path, RGB image)`` for each of ``files`` that :func:`read_or_skip` reads, with a progress bar for several."""
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
+        pil = read_or_skip(path, len(files), skipped)
+        if pil is not None:
+            yield path, pil

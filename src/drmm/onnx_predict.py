@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from .image_files import collect_images, out_stem, read_or_skip, write_record
+from .image_files import collect_images, out_stem, readable_images, write_record
 
 EXPORT_EXTRA = "pip install 'drmm[export]'"
 MIN_SIDE = 8  # the smallest side the exported graph accepts (drmm.export.MIN_SIDE)
@@ -155,10 +154,7 @@ def predict_onnx(model: str | Path, inputs: list[str | Path], out_dir: str | Pat
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     used, skipped, outputs, total = set(), [], [], 0  # output stems, unreadable files, PNGs, detections
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
-        pil = read_or_skip(path, len(files), skipped)
-        if pil is None:
-            continue
+    for path, pil in readable_images(files, skipped, progress):
         image = np.asarray(pil, dtype=np.float32).transpose(2, 0, 1) / 255
         boxes, scores, labels = detector(image)
         keep = scores >= threshold

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from .image_files import IMAGE_EXTENSIONS, collect_images, load_rgb, out_stem, read_or_skip, write_record  # noqa: F401
+from .image_files import (IMAGE_EXTENSIONS, collect_images, load_rgb, out_stem,  # noqa: F401
+                          readable_images, write_record)
 from .models import detector_from_checkpoint
 from .plotting import draw_detections, save_image_png
 
@@ -80,10 +80,7 @@ def predict(
     skipped: list[str] = []
     outputs: list[Path] = []
     total = 0
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress or len(files) < 2):
-        pil = read_or_skip(path, len(files), skipped)
-        if pil is None:
-            continue
+    for path, pil in readable_images(files, skipped, progress):
         image = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
         with torch.inference_mode():
             det = model([image.to(dev).float() / 255])[0]
