@@ -22,9 +22,15 @@ ratio of every drmm backend to every peer, and checks that each drmm backend's
 detections equal fp32 torch's (scores within 1e-4, boxes within 0.05 px, labels
 equal; the bf16 rows print their deviation instead, which is larger).
 
+``--peers-openvino`` adds a like-for-like view: DETR-R50 and RT-DETR-R50 exported with
+torch.onnx (with the same normalisation and post-processing) and run by OpenVINO f32 with
+the settings ``drmm predict --onnx --runtime openvino`` uses; the goal line still compares
+with the peers in PyTorch, as users run them.
+
 transformers is a benchmark-time dependency only: ``pip install 'drmm[bench]'``.
 
     python benchmarks/cpu_peers.py [--threads 2] [--runs 5] [--size 800x1216] [--skip-peers NAME,...]
+                                   [--peers-openvino]
 """
 from __future__ import annotations
 
@@ -60,7 +66,7 @@ def torchvision_peers(h: int, w: int) -> dict[str, torch.nn.Module]:
             "RetinaNet": retinanet_resnet50_fpn(**kw)}
 
 
-def hf_peers() -> dict[str, tuple[torch.nn.Module, Callable]]:
+def hf_peers() -> dict[str, torch.nn.Module]:
     """DETR-R50 and RT-DETR-R50 from their default configs (random weights, nothing downloaded)."""
     try:
         from transformers import (DetrConfig, DetrForObjectDetection, ResNetConfig, RTDetrConfig,
@@ -76,18 +82,22 @@ def hf_peers() -> dict[str, tuple[torch.nn.Module, Callable]]:
     return {"DETR-R50": detr, "RT-DETR-R50": rtdetr}
 
 
-def hf_runner(name: str, model: torch.nn.Module, image: torch.Tensor, channels_last: bool) -> Callable[[], object]:
-    """Normalise, forward, HF's post-processing to boxes in pixels (threshold 0)."""
-    h, w = image.shape[-2:]
-    sizes = torch.tensor([[h, w]])
+class HFDetector(torch.nn.Module):
+    """A transformers detector with normalisation and HF's post-processing to boxes in pixels (threshold 0):
+    ``image [3, H, W]`` in 0..1 -> ``(boxes [1, Q, 4], scores [1, Q], labels [1, Q])``. One module, so the
+    torch rows and the ``--peers-openvino`` export run the same computation."""
 
-    def run():
+    def __init__(self, name: str, model: torch.nn.Module, channels_last: bool) -> None:
+        super().__init__()
+        self.name, self.model, self.channels_last = name, model, channels_last
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = ((image - MEAN) / STD)[None]
-        if channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = model(pixel_values=x)
+        out = self.model(pixel_values=x)
         logits, boxes = out.logits, out.pred_boxes
-        if name == "DETR-R50":  # DetrImageProcessor.post_process_object_detection: softmax, drop no-object
+        if self.name == "DETR-R50":  # DetrImageProcessor.post_process_object_detection: softmax, drop no-object
             scores, labels = logits.softmax(-1)[..., :-1].max(-1)
         else:  # RTDetrImageProcessor: sigmoid focal scores, top-100 over queries x classes
             prob = logits.sigmoid().flatten(1)
@@ -96,7 +106,24 @@ def hf_runner(name: str, model: torch.nn.Module, image: torch.Tensor, channels_l
             boxes = boxes.gather(1, (index // logits.shape[-1])[..., None].expand(-1, -1, 4))
         cx, cy, bw, bh = boxes.unbind(-1)
         xyxy = torch.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-        return xyxy * sizes.flip(-1).repeat(1, 2)[:, None], scores, labels
+        h, w = image.shape[-2:]
+        return xyxy * xyxy.new_tensor([w, h, w, h]), scores, labels
+
+
+def hf_openvino(detector: HFDetector, image: torch.Tensor, threads: int) -> Callable[[], list[np.ndarray]]:
+    """``detector`` exported with torch.onnx (static size) and compiled by OpenVINO f32 with drmm's settings."""
+    import openvino as ov
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "peer.onnx"
+        torch.onnx.export(detector, (image,), path, dynamo=True, input_names=["image"], verbose=False)
+        request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+    array = image.numpy()
+
+    def run() -> list:
+        request.infer({0: array})
+        return [request.get_output_tensor(i).data.copy() for i in range(3)]
     return run
 
 
@@ -123,7 +150,14 @@ def main() -> None:
     ap.add_argument("--config", default=str(CONFIG))
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--skip-peers", default="", help="comma-separated peer names to leave out (quick checks)")
+    ap.add_argument("--peers-openvino", action="store_true",
+                    help="also run DETR-R50 and RT-DETR-R50 through OpenVINO f32 (like-for-like with drmm's graph)")
     args = ap.parse_args()
+    if args.peers_openvino:
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            sys.exit("--peers-openvino needs OpenVINO: pip install 'drmm[openvino]'")
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
     h, w = (int(v) for v in args.size.lower().split("x"))
@@ -157,6 +191,7 @@ def main() -> None:
 
     skip = {s.strip() for s in args.skip_peers.split(",") if s.strip()}
     peers: dict[str, list[str]] = {}
+    ov_peers: dict[str, str] = {}  # peer -> its OpenVINO f32 row (--peers-openvino)
     for name, model in torchvision_peers(h, w).items():
         if name in skip:
             continue
@@ -170,9 +205,16 @@ def main() -> None:
             continue
         model.eval().requires_grad_(False)
         cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        runners[f"{name} contiguous"] = hf_runner(name, model, image, False)
-        runners[f"{name} channels_last"] = hf_runner(name, cl, image, True)
-        peers[name] = [f"{name} contiguous", f"{name} channels_last"]
+        torch_rows = {"contiguous": HFDetector(name, model, False).eval(),
+                      "channels_last": HFDetector(name, cl, True).eval()}
+        for layout, detector in torch_rows.items():
+            runners[f"{name} {layout}"] = (lambda d: lambda: d(image))(detector)
+        peers[name] = [f"{name} {layout}" for layout in torch_rows]
+        if args.peers_openvino:
+            t = time.perf_counter()
+            runners[f"{name} openvino f32"] = hf_openvino(torch_rows["contiguous"], image, args.threads)
+            print(f"{name} export + OpenVINO compile: {time.perf_counter() - t:.0f} s")
+            ov_peers[name] = f"{name} openvino f32"
 
     with torch.inference_mode():
         ref = drmm([image])[0]
@@ -181,6 +223,7 @@ def main() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             d = drmm([image])[0]
         checks["drmm torch bf16"] = (d["boxes"].float().numpy(), d["scores"].float().numpy(), d["labels"].numpy())
+        peer_checks = {name: (runners[peers[name][0]](), runners[row]()) for name, row in ov_peers.items()}
         flops = {"drmm": gflops(lambda: base([image]))}
         flops.update({name: gflops(runners[rows[0]]) for name, rows in peers.items()})
         med = interleaved_latencies(runners, args.runs)
@@ -211,6 +254,17 @@ def main() -> None:
         best = min(exact_rows, key=med.get)
         print(f"fastest peer: {fastest} ({best_peer[fastest] * 1e3:.0f} ms); drmm's fastest backend with equal "
               f"detections: {best} -> {med[best] / best_peer[fastest]:.2f}x (goal <= 0.8)")
+    if ov_peers:
+        print("\nlike-for-like, every model through OpenVINO f32 (peer graph vs its torch run: max |score|, "
+              "labels equal):")
+        for name, (want, got) in peer_checks.items():
+            want = [t.numpy() for t in want]
+            print(f"  {name:<14} {med[ov_peers[name]] * 1e3:7.1f} ms (torch {best_peer[name] * 1e3:.0f}); "
+                  f"max |score| {np.abs(want[1] - got[1]).max():.1e}, labels equal {(want[2] == got[2]).mean():.0%}")
+        ov_drmm = "drmm openvino f32"
+        if ov_drmm in med:
+            print(f"{ov_drmm} / peer openvino f32: " + ", ".join(
+                f"{name} {med[ov_drmm] / med[row]:.2f}" for name, row in ov_peers.items()))
 
 
 if __name__ == "__main__":
