@@ -53,6 +53,7 @@ from bench_common import describe, environment, interleaved_latencies, onnx_back
 from drmm.config import load_config  # noqa: E402
 from drmm.export import export_onnx, match_detections  # noqa: E402
 from drmm.models import build_detector  # noqa: E402
+from drmm.onnx_predict import _openvino_session  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "drmm_r50.yaml"
 SCORE_TOL, BOX_TOL = 1e-4, 0.05
@@ -111,20 +112,15 @@ class HFDetector(torch.nn.Module):
 
 
 def hf_openvino(detector: HFDetector, image: torch.Tensor, threads: int) -> Callable[[], list[np.ndarray]]:
-    """``detector`` exported with torch.onnx (static size) and compiled by OpenVINO f32 with drmm's settings."""
-    import openvino as ov
-    core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    """``detector`` exported with torch.onnx (static size) and compiled as ``drmm predict --onnx --runtime openvino``
+    compiles drmm's graph (``drmm.onnx_predict._openvino_session``, f32)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "peer.onnx"
-        torch.onnx.export(detector, (image,), path, dynamo=True, input_names=["image"], verbose=False)
-        request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+        torch.onnx.export(detector, (image,), path, dynamo=True, input_names=["image"],
+                          output_names=["boxes", "scores", "labels"], verbose=False)
+        run, _, _ = _openvino_session(path, threads, "f32")
     array = image.numpy()
-
-    def run() -> list:
-        request.infer({0: array})
-        return [request.get_output_tensor(i).data.copy() for i in range(3)]
-    return run
+    return lambda: run(array)
 
 
 def compare(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> tuple[int, float, float]:
