@@ -15,10 +15,10 @@ FLAG = r"(?<![\w-])--[a-z][a-z-]*(?!\w)"  # a long option (not torchrun's --npro
 
 # Every command and its options, written out by hand from `drmm COMMAND --help` (the CLI is public API).
 COMMAND_FLAGS = {
-    "info": {"--set"},
+    "info": {"--set", "--system", "--json"},
     "synth": {"--train", "--val", "--seed", "--size"},
     "train": {"--config", "--data", "--train-ann", "--train-images", "--val-ann", "--val-images", "--out", "--set",
-              "--resume", "--device", "--no-progress"},
+              "--resume", "--init-from", "--device", "--no-progress"},
     "demo": {"--out", "--config", "--set"},
     "eval": {"--weights", "--data", "--split", "--ann", "--images", "--out", "--batch-size", "--device", "--workers",
              "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
@@ -30,7 +30,7 @@ COMMAND_FLAGS = {
               "--threads", "--compile", "--no-optimize"},
     "reproduce": {"--data", "--out", "--budget-minutes", "--iters", "--config", "--set", "--variants", "--seed",
                   "--device", "--no-progress"},
-    "convert-mmdet": {"--config", "--out"},
+    "convert-mmdet": {"--config", "--out", "--ann"},
 }
 
 
@@ -80,6 +80,46 @@ def test_info_prints_parameter_count():
     total = int(line.split()[1])
     assert abs(total - 106.1e6) / 106.1e6 < 0.01
     assert "trainable:" in out and "stages: 6" in out and "proposals: 300" in out
+
+
+def test_info_system_names_what_a_bug_report_needs(monkeypatch):
+    """`drmm info --system`: versions from the installed packages, the ISA torch picked, bf16 from the probe."""
+    import importlib.metadata
+    import json
+
+    import torch
+
+    import drmm.hardware
+
+    code, out, _ = run_cli("info", "--system", "--json")
+    info = json.loads(out)
+    assert code == 0
+    assert info["torch"] == torch.__version__ and info["torchvision"] == importlib.metadata.version("torchvision")
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert info["threads"] == torch.get_num_threads() and info["cuda_devices"] == []
+    first_model_line = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name")),
+                            None) if Path("/proc/cpuinfo").exists() else None
+    if first_model_line:
+        assert info["cpu"] == first_model_line.split(":", 1)[1].strip()
+    monkeypatch.setattr(drmm.hardware, "native_bf16", lambda: False)
+    code, out, _ = run_cli("info", "--system")
+    assert code == 0 and "bf16_native: no (train.amp=bf16 runs fp32" in out
+    assert f"onnxruntime: {info['onnxruntime']}" in out and "cuda_devices: none" in out
+    assert run_cli("info")[0] == 2  # neither a config nor --system
+
+
+def test_bench_drops_emulated_bf16_unless_named(monkeypatch, caplog):
+    import torch
+
+    import drmm.hardware
+    from drmm.cli.bench import bench_dtypes
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(drmm.hardware, "native_bf16", lambda: False)
+    assert bench_dtypes(None, cpu) == ["fp32"] and "no bf16 instructions" in caplog.text
+    assert bench_dtypes("fp32,bf16", cpu) == ["fp32", "bf16"] and "kept because you asked" in caplog.text
+    monkeypatch.setattr(drmm.hardware, "native_bf16", lambda: True)
+    assert bench_dtypes(None, cpu) == ["fp32", "bf16"]
 
 
 def test_cli_reports_errors_without_traceback(tmp_path):

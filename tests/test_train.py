@@ -224,7 +224,8 @@ def test_ddp_two_gloo_processes_match_one_process(synth, tmp_path):
 
 
 def test_bf16_autocast_training_step_is_finite(synth, tmp_path):
-    result = train(small_cfg(max_iters=2, amp="bf16"), DataPaths.from_dir(synth), tmp_path / "bf16", progress=False)
+    result = train(small_cfg(max_iters=2, amp="bf16"), DataPaths.from_dir(synth), tmp_path / "bf16", progress=False,
+                   force_amp=True)  # bf16 itself, emulated where the CPU lacks it
     assert result["nonfinite_steps"] == 0
     rows = [json.loads(l) for l in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if r["type"] == "train")
@@ -278,27 +279,43 @@ def test_default_loader_workers(monkeypatch):
     assert loader_workers(None, gpu) == 1
 
 
-@pytest.mark.parametrize("native,overrides,expected", [(True, [], "bf16"), (False, [], "none"),
-                                                       (False, ["--set", "train.amp=bf16"], "bf16")])
-def test_demo_trains_fp32_on_cpus_without_bf16(monkeypatch, tmp_path, native, overrides, expected):
-    """The demo recipe's bf16 autocast only where the CPU has bf16 instructions, unless the user insists."""
-    import drmm.cli.demo as demo
+@pytest.mark.parametrize("native,force,expected", [(True, False, "bf16"), (False, False, "none"),
+                                                   (False, True, "bf16")])
+def test_bf16_only_on_cpus_with_bf16_instructions(monkeypatch, caplog, synth, tmp_path, native, force, expected):
+    """train.amp=bf16 runs bf16 where the CPU has bf16 instructions; elsewhere fp32 with a one-line warning,
+    unless the user insists (force_amp), which keeps bf16 and still warns."""
+    import drmm.hardware
+
+    monkeypatch.setattr(drmm.hardware, "native_bf16", lambda: native)
+    trainer = Trainer(small_cfg(amp="bf16"), DataPaths.from_dir(synth), tmp_path / "run", device="cpu",
+                      progress=False, force_amp=force)
+    assert trainer.cfg.train.amp == expected
+    assert trainer.amp_dtype == (torch.bfloat16 if expected == "bf16" else None)
+    warned = [r.getMessage() for r in caplog.records if "bf16 instructions" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    assert load_config(tmp_path / "run" / "config.yaml").train.amp == expected  # the run's config says what ran
+
+
+@pytest.mark.parametrize("command,overrides,forced", [
+    ("train", [], False), ("train", ["--set", "train.amp=bf16"], True), ("demo", [], False),
+    ("demo", ["--set", "train.amp=bf16"], True), ("demo", ["--set", "train.amp=none"], True)])
+def test_commands_insist_on_bf16_only_when_it_is_named(monkeypatch, tmp_path, synth, command, overrides, forced):
+    """`drmm train` and `drmm demo` hand force_amp=True to the trainer only for --set train.amp=... ."""
     import drmm.data
     import drmm.engine.train
     from helpers import run_cli
 
     seen = {}
 
-    def fake_train(cfg, paths, out):
-        seen["amp"] = cfg.train.amp
+    def fake_train(cfg, paths, out, **kw):
+        seen["force"] = kw.get("force_amp")
         raise RuntimeError("stop after the config")
 
     monkeypatch.setattr(drmm.data, "generate_synthetic", lambda *a, **k: None)
     monkeypatch.setattr(drmm.engine.train, "train", fake_train)
-    monkeypatch.setattr(drmm.engine.train.DataPaths, "from_dir", staticmethod(lambda folder: folder))
-    monkeypatch.setattr(demo, "native_bf16", lambda: native)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, out, err = run_cli("demo", "--out", tmp_path, *overrides)
+    from drmm.config import packaged_config
+
+    args = ("--config", packaged_config("demo.yaml"), "--data", synth) if command == "train" else ()
+    code, _, err = run_cli(command, "--out", tmp_path, *args, *overrides)
     assert code != 0 and "stop after the config" in err
-    assert seen["amp"] == expected
-    assert ("no bf16 instructions" in out) == (expected == "none")
+    assert seen["force"] is forced

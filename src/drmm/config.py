@@ -121,6 +121,9 @@ class TrainConfig:
     max_consecutive_nonfinite: int = 10
     sync_bn: bool = False  # convert the BatchNorms to SyncBatchNorm under DDP (GPUs; the released recipe)
     threads: int | None = None  # torch.set_num_threads on CPU
+    # a new run from the weights of a drmm, convert-mmdet or MMDetection checkpoint (classes mapped by name;
+    # iteration 0, fresh optimizer and schedule); drmm train --init-from PATH
+    init_from: str | None = None
 
 
 @dataclass

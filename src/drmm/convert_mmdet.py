@@ -9,12 +9,13 @@ every tensor, checks the layout against the drmm model of a config (every source
 tensor used, every drmm parameter and buffer filled, shapes equal: anything else is
 one :class:`LayoutError` listing all problems) and writes a drmm checkpoint whose
 config selects the released forward pass (:data:`RELEASED_FORWARD`) and which
-carries COCO's 80 class names and category ids, so ``drmm eval`` reports with
-COCO's ids.
+carries the class names of ``meta.CLASSES`` (COCO's 80 when absent) and their
+category ids: from a COCO annotation file whose category names match, COCO's ids
+(1..90 with gaps) for COCO's classes, 1..N otherwise. The key map and the file
+reading live in :mod:`drmm.models.mmdet_keys` (``train.init_from`` reads the same files).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,26 +25,18 @@ from torch import Tensor
 
 from . import __version__
 from .config import Config, load_config
+from .data.annotations import load_annotations
 from .engine.checkpoint import atomic_save
 from .models import build_detector
+from .models.mmdet_keys import (COCO_CATEGORY_IDS, COCO_CLASSES, load_released, released_class_names,
+                                released_to_drmm_key, resnet_depth)
+from .models.partial_load import class_tensors, map_class_rows
 
-COCO_CLASSES = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
-    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
-    "hair drier", "toothbrush",
-)
-"""COCO's 80 detection classes in category-id order (MMDetection's label order)."""
-COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
-"""The category id of each of :data:`COCO_CLASSES` (1..90 with gaps)."""
+__all__ = ["COCO_CATEGORY_IDS", "COCO_CLASSES", "RELEASED_FORWARD", "Conversion", "LayoutError", "category_ids",
+           "convert_mmdet", "convert_state_dict", "load_released", "released_config", "released_to_drmm_key"]
 
 RELEASED_FORWARD: dict[str, dict[str, Any]] = {
-    "model": dict(architecture="sparse_rcnn", neck=None, backbone_norm="bn", pretrained=None, num_classes=80,
+    "model": dict(architecture="sparse_rcnn", neck=None, backbone_norm="bn", pretrained=None,
                   delta_mode="pixels", pooler="torchvision", pooler_aligned=True, pooler_resolution=7,
                   sampling_ratio=2, clip_stage_boxes=False, clip_detections=False, topk_ratio=1.0,
                   min_size=800, max_size=1333, size_divisible=32, pixel_mean=[0.485, 0.456, 0.406],
@@ -55,22 +48,6 @@ RELEASED_FORWARD: dict[str, dict[str, Any]] = {
 level floor(log2(sqrt(wh)/56)), boxes moved in pixels and never clipped, score = sigmoid(objectness) x
 softmax(classes), the top 100 (component, class) pairs."""
 
-_STAGE_PARTS = (  # the authors' name inside roi_head.bbox_head.S -> drmm's inside decoder.stages.S
-    ("attention.attn.", "self_attn."), ("attention_norm.", "norm1."),
-    ("instance_interactive_conv.dynamic_layer.", "dynamic_conv.params."),
-    ("instance_interactive_conv.norm_in.", "dynamic_conv.norm1."),
-    ("instance_interactive_conv.norm_out.", "dynamic_conv.norm2."),
-    ("instance_interactive_conv.fc_layer.", "dynamic_conv.out."),
-    ("instance_interactive_conv.fc_norm.", "dynamic_conv.norm3."),
-    ("instance_interactive_conv_norm.", "norm2."), ("ffn.layers.0.0.", "ffn.0."), ("ffn.layers.1.", "ffn.3."),
-    ("ffn_norm.", "norm3."), ("cls_fcs.", "head.cls_tower."), ("reg_fcs.", "head.reg_tower."),
-    ("fc_cls.", "head.cls_out."), ("fc_reg.", "head.reg_out."),
-)
-_BACKBONE = re.compile(r"backbone\.((?:conv1|bn1|layer\d+)\..+)")
-_NECK = re.compile(r"neck\.(lateral_convs|fpn_convs)\.(\d+)\.conv\.(weight|bias)")
-_STAGE = re.compile(r"roi_head\.bbox_head\.(\d+)\.(.+)")
-_PROPOSALS = {"rpn_head.init_proposal_bboxes.weight": "proposals.boxes.weight",
-              "rpn_head.init_proposal_features.weight": "proposals.features.weight"}
 _SHOWN = 20  # entries of each kind listed in an error
 
 
@@ -87,32 +64,14 @@ class Conversion:
     backbone: str
     ignored: list[str] = field(default_factory=list)  # top-level entries of the file that are not the model
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # config key -> (given, released)
-
-
-def released_to_drmm_key(key: str) -> str | None:
-    """The drmm name of one of the authors' state-dict keys, or None when it has none."""
-    if key in _PROPOSALS:
-        return _PROPOSALS[key]
-    if m := _BACKBONE.fullmatch(key):
-        return f"backbone.body.{m[1]}"
-    if m := _NECK.fullmatch(key):
-        return f"backbone.neck.{'inner_blocks' if m[1] == 'lateral_convs' else 'layer_blocks'}.{m[2]}.0.{m[3]}"
-    if m := _STAGE.fullmatch(key):
-        for theirs, ours in _STAGE_PARTS:
-            if m[2].startswith(theirs):
-                return f"decoder.stages.{m[1]}.{ours}{m[2][len(theirs):]}"
-    return None
+    class_names: list[str] = field(default_factory=lambda: list(COCO_CLASSES))  # in label order
+    cat_ids: list[int] = field(default_factory=lambda: list(COCO_CATEGORY_IDS))  # the category id of each
+    ids_from: str = "COCO"  # where the ids come from: "COCO", "1..N" or the annotation file
 
 
 def _listing(title: str, items: list[str]) -> str:
     more = f"\n    ... and {len(items) - _SHOWN} more" if len(items) > _SHOWN else ""
     return f"  {title} ({len(items)}):\n" + "\n".join(f"    {i}" for i in items[:_SHOWN]) + more
-
-
-def _resnet_depth(keys: list[str]) -> str:
-    """``resnet50`` / ``resnet101`` (or the block count) from the backbone keys, for error messages."""
-    blocks = {int(m[1]) for k in keys if (m := re.match(r"backbone\.layer3\.(\d+)\.", k))}
-    return {6: "resnet50", 23: "resnet101"}.get(len(blocks), f"a ResNet with {len(blocks)} blocks in layer3")
 
 
 def convert_state_dict(source: dict[str, Tensor], target: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -142,74 +101,73 @@ def convert_state_dict(source: dict[str, Tensor], target: dict[str, Tensor]) -> 
     return out
 
 
-def load_released(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any], list[str]]:
-    """``(model tensors, meta, ignored top-level entries)`` of a released file, read with ``weights_only=True``.
-
-    Accepts ``{"meta", "state_dict", ...}`` or a bare state dict; a ``module.`` prefix is removed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure of the safe loader is reported the same way
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RuntimeError(
-            f"cannot load {path} with torch.load(weights_only=True): {first}. drmm never unpickles arbitrary "
-            "objects; if you trust the file, save only its tensors with torch.save({'state_dict': "
-            "torch.load(path, weights_only=False)['state_dict']}, new_path) and convert that") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict (a state dict or {{'meta', 'state_dict'}}), "
-                         f"got {type(obj).__name__}")
-    if "state_dict" in obj:
-        state, meta = obj["state_dict"], obj.get("meta") or {}
-        ignored = sorted(str(k) for k in obj if k != "state_dict")
-    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
-        state, meta, ignored = obj, {}, []
-    else:
-        raise ValueError(f"{path}: no 'state_dict' entry and not a state dict itself (entries: {sorted(obj)[:10]})")
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: 'state_dict' is not a mapping of names to tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}, dict(meta), ignored
-
-
-def released_config(config: str | Path | Config) -> tuple[Config, dict[str, tuple[Any, Any]]]:
-    """``config`` with :data:`RELEASED_FORWARD` applied, and the ``{key: (given, released)}`` values it changed."""
+def released_config(config: str | Path | Config, class_names: tuple[str, ...] | list[str] = COCO_CLASSES
+                    ) -> tuple[Config, dict[str, tuple[Any, Any]]]:
+    """``config`` with :data:`RELEASED_FORWARD` and ``class_names`` applied, and the ``{key: (given, released)}``
+    values it changed."""
     cfg = config if isinstance(config, Config) else load_config(config)
     changed = {}
-    for section, values in RELEASED_FORWARD.items():
+    values = {"model": {**RELEASED_FORWARD["model"], "num_classes": len(class_names)},
+              "objective": RELEASED_FORWARD["objective"]}
+    for section, section_values in values.items():
         node = getattr(cfg, section)
-        for key, value in values.items():
+        for key, value in section_values.items():
             if getattr(node, key) != value:
                 changed[f"{section}.{key}"] = (getattr(node, key), value)
                 setattr(node, key, value)
-    cfg.class_names = list(COCO_CLASSES)
+    cfg.class_names = list(class_names)
     return cfg, changed
 
 
-def convert_mmdet(checkpoint: str | Path, config: str | Path | Config, out: str | Path) -> Conversion:
+def category_ids(class_names: tuple[str, ...] | list[str], ann: str | Path | None = None) -> list[int]:
+    """The category id of each class: from the COCO annotation file ``ann`` (its category names must be
+    exactly ``class_names``), else COCO's ids for COCO's 80 classes, else 1..N."""
+    if ann is None:
+        return list(COCO_CATEGORY_IDS) if tuple(class_names) == COCO_CLASSES else list(range(1, len(class_names) + 1))
+    ids = {c["name"]: int(c["id"]) for c in load_annotations(ann)["categories"]}
+    missing = [c for c in class_names if c not in ids]
+    extra = [n for n in ids if n not in set(class_names)]
+    if missing or extra:
+        parts = [f"missing from the file: {', '.join(map(repr, missing))}"] if missing else []
+        parts += [f"in the file but not in the checkpoint: {', '.join(map(repr, extra))}"] if extra else []
+        raise ValueError(f"{ann}: its categories are not the checkpoint's {len(class_names)} classes "
+                         f"(meta.CLASSES): {'; '.join(parts)}. Give the annotation file of the dataset the "
+                         "checkpoint was trained on, or leave --ann out for ids 1..N")
+    return [ids[c] for c in class_names]
+
+
+def convert_mmdet(checkpoint: str | Path, config: str | Path | Config, out: str | Path,
+                  ann: str | Path | None = None) -> Conversion:
     """Convert the authors' ``checkpoint`` for the drmm model of ``config`` and write it to ``out``.
 
     ``config`` names the architecture (``configs/drmm_r50.yaml`` or ``drmm_r101.yaml``);
-    the written config has the released forward pass (:func:`released_config`).
+    the written config has the released forward pass (:func:`released_config`). The
+    classes are the checkpoint's ``meta.CLASSES`` (COCO's without it), their ids those
+    of :func:`category_ids`; drmm's labels follow the category ids, so classes whose
+    ids are not increasing have their class rows reordered.
     """
     source, meta, ignored = load_released(checkpoint)
-    classes = meta.get("CLASSES")
-    if classes is not None and tuple(classes) != COCO_CLASSES:
-        raise ValueError(f"{checkpoint}: trained on {len(classes)} other classes ({list(classes)[:3]}...); "
-                         "convert-mmdet converts the authors' COCO checkpoints")
-    cfg, changed = released_config(config)
+    classes = released_class_names(meta, checkpoint) or COCO_CLASSES
+    ids = category_ids(classes, ann)
+    order = sorted(range(len(classes)), key=ids.__getitem__)  # drmm's label order: increasing category ids
+    names, ids = [classes[i] for i in order], [ids[i] for i in order]
+    cfg, changed = released_config(config, names)
     with torch.device("meta"):  # shapes only: the layout check needs no memory
-        target = build_detector(cfg).state_dict()
+        model = build_detector(cfg)
+    target = model.state_dict()
     try:
         state = convert_state_dict(source, target)
     except LayoutError as e:
-        depth = _resnet_depth(list(source))
-        raise LayoutError(f"{checkpoint} does not fit the drmm model of {config} ({cfg.model.backbone}; the "
+        depth = resnet_depth(list(source))
+        raise LayoutError(f"{checkpoint} does not fit the drmm model of {config} ({cfg.model.backbone}, "
+                          f"{len(classes)} classes from {'meta.CLASSES' if meta.get('CLASSES') else 'COCO'}; the "
                           f"checkpoint's backbone looks like {depth}): {e}") from None
-    ckpt = {"model": {k: state[k] for k in target}, "config": cfg.to_dict(), "class_names": list(COCO_CLASSES),
-            "cat_ids": list(COCO_CATEGORY_IDS), "version": __version__,
+    for key, leading in class_tensors(model).items():
+        state[key] = map_class_rows(state[key], state[key], list(classes), names, leading)
+    ckpt = {"model": {k: state[k] for k in target}, "config": cfg.to_dict(), "class_names": names,
+            "cat_ids": ids, "version": __version__,
             "converted_from": {"file": Path(checkpoint).name, "format": "MMDetection 2.12 D-RMM (lhj815/D-RMM)",
                                "mmdet_version": str(meta.get("mmdet_version", "unknown"))}}
     atomic_save(ckpt, out)
-    return Conversion(Path(out), len(state), cfg.model.backbone, ignored, changed)
+    ids_from = str(ann) if ann is not None else "COCO" if tuple(classes) == COCO_CLASSES else "1..N"
+    return Conversion(Path(out), len(state), cfg.model.backbone, ignored, changed, names, ids, ids_from)

@@ -20,7 +20,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated of fp32, bf16, fp16")
+    p.add_argument("--dtypes", help="comma-separated of fp32, bf16, fp16 (default: fp32,bf16; fp32 alone on a CPU "
+                   "without bf16 instructions, where bf16 is emulated)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads on CPU")
     p.add_argument("--compile", action="store_true",
                    help="also torch.compile the decoder (compiles during the warm-up runs)")
@@ -38,6 +39,17 @@ def parse_size(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ValueError(f"--size must be positive, got {text!r}")
     return h, w
+
+
+def bench_dtypes(text: str | None, dev: torch.device) -> list[str]:
+    """``--dtypes`` as a list; the default's bf16 is dropped (with a warning) on a CPU without bf16 instructions."""
+    from ..hardware import resolve_amp
+
+    dtypes = [d.strip() for d in (text or "fp32,bf16").split(",") if d.strip()]
+    if "bf16" in dtypes and resolve_amp("bf16", dev, forced=text is not None, what="bench",
+                                        insist="--dtypes fp32,bf16") == "none":
+        dtypes.remove("bf16")
+    return dtypes
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--compile is part of the inference optimisation; drop --no-optimize")
     if not args.no_optimize:
         model.optimize_for_inference(compile=args.compile)
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    dtypes = bench_dtypes(args.dtypes, dev)
     m = model.cfg.model
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"{source}: {m.backbone}, {m.num_proposals} proposals, {m.num_stages} stages, "

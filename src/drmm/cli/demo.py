@@ -18,22 +18,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); False when torch cannot tell."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..data import build_dataset, generate_synthetic
     from ..evaluation import evaluate
     from ..engine.train import DataPaths, train
+    from ..hardware import named_on_command_line
     from ..models import detector_from_checkpoint
     from ..predict import predict
 
@@ -41,17 +30,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     data_dir = out / "data"
     cfg = load_config(args.config or packaged_config("demo.yaml"), args.overrides)
-    chose_amp = any(o.split("=", 1)[0].strip() == "train.amp" for o in args.overrides)
-    if cfg.train.amp == "bf16" and not chose_amp and not torch.cuda.is_available() and not native_bf16():
-        print("this CPU has no bf16 instructions (autocast would emulate them, slowly): training in fp32; "
-              "--set train.amp=bf16 insists")
-        cfg.train.amp = "none"
     if not (data_dir / "annotations" / "val.json").is_file():
         print("1/4 generating the built-in dataset (2000 train / 200 val synthetic 128x128 scenes)")
         generate_synthetic(data_dir, 2000, 200, seed=0, image_size=128)
     print(f"2/4 training the CPU recipe ({cfg.model.architecture}, {cfg.train.max_iters} iterations, "
           f"batch {cfg.train.batch_size})")
-    train(cfg, DataPaths.from_dir(data_dir), out / "run")
+    train(cfg, DataPaths.from_dir(data_dir), out / "run", force_amp=named_on_command_line(args.overrides, "train.amp"))
     ckpt = out / "run" / "last.pt"
     print("3/4 evaluating on the validation set")
     model, _ = detector_from_checkpoint(ckpt)

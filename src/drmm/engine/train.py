@@ -28,10 +28,12 @@ from ..config import Config, save_config
 from ..data import UnreadableImageError, build_dataset, build_transforms, collate_fn
 from ..evaluation.coco import coco_evaluate, to_coco_results
 from ..evaluation.inference import run_inference
+from ..hardware import resolve_amp
 from ..models import build_detector, load_checkpoint
 from ..plotting import loss_curve
 from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
+from .init_from import init_model
 from .runlog import append_row, cut_log
 from .sampling import EpochBatchSampler, SeededSamples, TaggedBatches, loader_workers
 from .schedule import lr_factor
@@ -64,7 +66,7 @@ class Trainer:
     """One training run in ``out_dir``; see :func:`train`."""
 
     def __init__(self, cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: bool = False,
-                 device: str | None = None, progress: bool = True) -> None:
+                 device: str | None = None, progress: bool = True, force_amp: bool = False) -> None:
         self.cfg, self.data, self.out = cfg, data, Path(out_dir)
         self.progress = progress
         self.rank, self.world, dist_device = init_distributed(device)
@@ -92,6 +94,8 @@ class Trainer:
 
         torch.manual_seed(t.seed)
         self.model = build_detector(cfg).to(self.device)
+        if t.init_from and not resume:  # a resumed run's weights come from last.pt
+            init_model(self.model, cfg.class_names, t.init_from, self.out if self.is_main else None, cfg)
         distributed = dist.is_initialized()  # under torchrun, also with one process
         if distributed and t.sync_bn:
             if self.device.type == "cpu":
@@ -114,6 +118,7 @@ class Trainer:
         self.total_steps = t.max_iters or t.epochs * self.steps_per_epoch
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, t, self.steps_per_epoch))
+        t.amp = resolve_amp(t.amp, self.device, forced=force_amp)  # no emulated bf16 unless asked for by name
         self.amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.amp]
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs a GPU; on the CPU pass --set train.amp=bf16 (or none)")
@@ -346,8 +351,12 @@ class Trainer:
 
 
 def train(cfg: Config, data: DataPaths, out_dir: str | os.PathLike, *, resume: bool = False,
-          device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` on ``data`` into ``out_dir`` (config.yaml, log.jsonl, loss.png, last.pt, best.pt)."""
-    result = Trainer(cfg, data, out_dir, resume=resume, device=device, progress=progress).fit()
+          device: str | None = None, progress: bool = True, force_amp: bool = False) -> dict[str, Any]:
+    """Train ``cfg`` on ``data`` into ``out_dir`` (config.yaml, log.jsonl, loss.png, last.pt, best.pt).
+
+    ``force_amp``: keep ``train.amp=bf16`` on a CPU without bf16 instructions (else fp32, with a warning).
+    """
+    result = Trainer(cfg, data, out_dir, resume=resume, device=device, progress=progress,
+                     force_amp=force_amp).fit()
     shutdown_distributed()
     return result
