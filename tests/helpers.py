@@ -5,12 +5,23 @@ Imported by the test modules (``from helpers import ...``); fixtures live in ``c
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
+import os
 
 import torch
 
 from drmm.cli import main
 from drmm.config import Config
+
+
+OPENVINO_SKIP = ("OpenVINO's CPU plugin crashes (SIGSEGV) under ONEDNN_MAX_CPU_ISA, the variable of the AVX2 "
+                 "simulation; run these tests without it (real AVX2 CPUs run them)")
+
+
+def openvino_usable() -> bool:
+    """OpenVINO is installed and can run in this process (not under the AVX2 simulation: OPENVINO_SKIP)."""
+    return importlib.util.find_spec("openvino") is not None and "ONEDNN_MAX_CPU_ISA" not in os.environ
 
 
 def tiny_config(num_classes: int = 3, **model) -> Config:

@@ -87,7 +87,7 @@ class HungarianObjective(nn.Module):
         device = stage.boxes.device
         sizes = [len(t["labels"]) for t in targets]
         labels = torch.cat([t["labels"] for t in targets]).to(device)
-        boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.float32)
+        boxes = torch.cat([t["boxes"] for t in targets]).to(device=device, dtype=torch.promote_types(stage.boxes.dtype, torch.float32))
         gt_wh = image_wh.repeat_interleave(torch.tensor(sizes, device=device), dim=0)
 
         cost = self.cost_matrix(stage, labels, boxes, image_wh, gt_wh)
