@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all test-gpu demo bench bench-gpu bench-gpu-smoke clean
+.PHONY: install test test-all test-gpu demo bench bench-gpu bench-gpu-smoke bench-gpu-quick bench-gpu-quick-smoke clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-gpu: $(STAMP)
 # make bench: the benchmarks of the device present (CPU set, or the quick GPU set with CUDA).
 # make bench-gpu: everything of issue 13 on a GPU (about 25 min; a device call runs one
 # part: bash benchmarks/gpu_suite.sh 1|2|3). bench-gpu-smoke: a tiny dry run of it on any machine.
+# make bench-gpu-quick: the GPU figures in one short run (issue 27, about 6.5 min), then
+# `python benchmarks/gpu_report.py bench_out` writes them into docs/benchmarks.md.
+# bench-gpu-quick-smoke: its CPU dry run (report printed only: not GPU figures).
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
@@ -37,6 +40,12 @@ bench-gpu: $(STAMP)
 
 bench-gpu-smoke: $(STAMP)
 	SMOKE=1 PYTHON=$(PY) bash benchmarks/gpu_suite.sh all
+
+bench-gpu-quick: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_suite.sh quick
+
+bench-gpu-quick-smoke: $(STAMP)
+	SMOKE=1 PYTHON=$(PY) bash benchmarks/gpu_suite.sh quick
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -97,14 +97,16 @@ def run_cell(cfg, objective: str, images, targets, dtype: str, device: torch.dev
         value = float(loss.detach())  # the trainer reads every loss: syncs after the AdamW step
         return t1 - t0, time.perf_counter() - t0, value if finite else math.nan, norm
 
-    for _ in range(warmup):
-        step()
+    warm = [step() for _ in range(warmup)]
     timer.seconds = 0.0
     steps = [step() for _ in range(runs)]
+    losses = [s[2] for s in warm + steps]  # every step, warm-up included: the loss must stay finite throughout
     row = {
         "step_ms": 1000 * bc.median([s[1] for s in steps]), "forward_ms": 1000 * bc.median([s[0] for s in steps]),
+        "step_ms_min": 1000 * min(s[1] for s in steps), "step_ms_max": 1000 * max(s[1] for s in steps),
         "matching_ms": 1000 * timer.seconds / runs if objective == "hungarian" else 0.0,
-        "last_loss": steps[-1][2], "finite": all(math.isfinite(s[2]) for s in steps),
+        "last_loss": steps[-1][2], "finite": all(math.isfinite(x) for x in losses),
+        "nonfinite_steps": sum(not math.isfinite(x) for x in losses), "steps": len(losses),
         "peak_allocated_gib": None if device.type != "cuda" else torch.cuda.max_memory_allocated(device) / 2**30,
         "peak_reserved_gib": None if device.type != "cuda" else torch.cuda.max_memory_reserved(device) / 2**30,
     }

@@ -5,7 +5,7 @@ bf16 with the paper's recipe) and the NCCL + SyncBatchNorm run. Everything after
 ``--`` goes to ``drmm train``. The summary (iterations, steps skipped, loss range,
 seconds per iteration, share of the step spent waiting for data, peak GPU memory,
 what the trainer said about SyncBatchNorm / the process group) is added under
-``--name`` to ``runs.json`` in ``--out`` / ``$OUT``.
+``--name`` to ``runs.json`` (or ``--json``) in ``--out`` / ``$OUT``.
 
     python benchmarks/train_run.py --name fp16_600 --data DIR -- --config configs/drmm_r50.yaml --set train.amp=fp16
     python benchmarks/train_run.py --name torchrun --torchrun --data DIR -- --config ... --set train.sync_bn=true
@@ -45,8 +45,8 @@ def summarise(run_dir: Path, returncode: int | str, seconds: float, stderr: str)
             data_share=data / (data + step) if data + step else None,
             peak_memory_gib=max((r.get("max_memory_gib") or 0) for r in train) or None,
         )
-    out["trainer_said"] = [line for line in stderr.splitlines()
-                           if any(k in line for k in ("SyncBatchNorm", "process group", "non-finite", "rror", "NCCL"))][-20:]
+    keys = ("SyncBatchNorm", "sync_bn", "process group", "non-finite", "rror", "NCCL")
+    out["trainer_said"] = [line for line in stderr.splitlines() if any(k in line for k in keys)][-20:]
     return out
 
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="COCO-format folder (coco_jpegs.py)")
     ap.add_argument("--run-dir", default=None, help="drmm train --out (default: a folder under the temp dir)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--json", default="runs", help="JSON file name (without .json) the summary is added to")
     ap.add_argument("--torchrun", action="store_true", help="launch under torchrun --nproc_per_node=1")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before the run is stopped")
     ap.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then drmm train arguments")
@@ -86,7 +87,7 @@ def main() -> None:
     summary = summarise(run_dir, code, time.perf_counter() - t, stderr)
     summary["command"] = cmd
     out = bc.out_dir(args.out)
-    path = out / "runs.json"
+    path = out / f"{args.json}.json"
     runs = json.loads(path.read_text()) if path.is_file() else {}
     runs[args.name] = summary
     bc.write_json(path, runs)
