@@ -390,3 +390,33 @@ def test_random_size_crop_sizes():
     for _ in range(20):
         out = tf(tv_tensors.Image(torch.zeros(3, 20, 50)))
         assert 10 <= out.shape[1] <= 20 and 10 <= out.shape[2] <= 30
+
+
+def test_cached_images_give_the_same_samples_and_are_never_written(tmp_path):
+    """data.cache_images: every augmented sample equals the one decoded from the file, epoch after epoch;
+    the cache keeps the decoded pixels of the file (the flip never writes into them)."""
+    from drmm.engine.sampling import SeededSamples
+
+    generate_synthetic(tmp_path, 6, 1, seed=0, image_size=64, progress=False)
+    cfg = DataConfig(flip=True, crop=False)
+    plain = build_dataset(cfg, tmp_path / "annotations/train.json", tmp_path / "train", build_transforms(cfg, True),
+                          progress=False)
+    cfg.cache_images = True
+    cached = build_dataset(cfg, tmp_path / "annotations/train.json", tmp_path / "train", build_transforms(cfg, True),
+                           progress=False)
+    a, b = SeededSamples(plain, seed=1), SeededSamples(cached, seed=1)
+    as_stored = build_dataset(cfg, tmp_path / "annotations/train.json", tmp_path / "train", progress=False)
+    flipped = 0
+    for epoch in range(3):
+        for i in range(len(plain)):
+            (ia, ta), (ib, tb) = a[(epoch, i)], b[(epoch, i)]
+            assert torch.equal(ia, ib) and torch.equal(ta["boxes"], tb["boxes"])
+            flipped += not torch.equal(ib, as_stored[i][0])
+    assert flipped > 0  # the flip ran on cached images too
+    for i, pixels in cached._cache.items():
+        name = cached.coco.imgs[cached.ids[i]]["file_name"]
+        decoded = torch.from_numpy(np.asarray(Image.open(tmp_path / "train" / name).convert("RGB"))).permute(2, 0, 1)
+        assert torch.equal(pixels, decoded)
+    assert len(cached._cache) == len(cached)
+    val = build_dataset(cfg, tmp_path / "annotations/val.json", tmp_path / "val", train=False, progress=False)
+    assert val._cache is None  # evaluation reads each image once: nothing to cache

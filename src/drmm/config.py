@@ -144,6 +144,7 @@ class DataConfig:
     skip_empty: bool = True  # leave images without boxes out of training
     skip_unreadable: bool = False  # count and skip unreadable images instead of failing
     allow_outside_paths: bool = False  # accept image file names that are absolute or climb out with ..
+    cache_images: bool = False  # keep decoded training images in memory (small datasets: the demo's 2000 = 98 MB)
 
 
 @dataclass

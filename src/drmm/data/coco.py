@@ -71,6 +71,7 @@ class CocoDetection(torch.utils.data.Dataset):
         skip_empty: bool = True,
         skip_unreadable: bool = False,
         allow_outside_paths: bool = False,
+        cache_images: bool = False,
         train: bool = True,
         progress: bool = True,
     ) -> None:
@@ -81,6 +82,8 @@ class CocoDetection(torch.utils.data.Dataset):
         (``--set data.allow_outside_paths=true``): accept absolute image file names and
         ones climbing out of ``image_dir`` with ``..``. ``skip_empty``: leave images
         without boxes out of training (``train=False`` keeps every image).
+        ``cache_images`` (``data.cache_images``): keep each decoded image in memory after
+        its first use (H x W x 3 bytes each, in every loader process): for small sets.
         ``progress``: a progress bar for the header check of large sets.
         """
         self.ann_file = Path(ann_file)
@@ -88,6 +91,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transforms = transforms
         self.skip_unreadable = skip_unreadable
         self.train = train
+        self._cache: dict[int, torch.Tensor] | None = {} if cache_images else None
 
         keys = ("annotations", "crowd", "degenerate", "nonfinite", "invalid", "unknown_category", "unknown_image",
                 "ids_assigned", "clipped", "outside", "images", "images_empty", "skipped_empty",
@@ -219,11 +223,16 @@ class CocoDetection(torch.utils.data.Dataset):
     def _load(self, index: int) -> tuple[tv_tensors.Image, Target]:
         img_id = self.ids[index]
         path = self.image_dir / self.coco.imgs[img_id]["file_name"]
-        try:
-            img = load_rgb(path)
-        except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-            raise unreadable(path, e) from e
-        image = tv_tensors.Image(torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1))
+        pixels = self._cache.get(index) if self._cache is not None else None
+        if pixels is None:
+            try:
+                img = load_rgb(path)
+            except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+                raise unreadable(path, e) from e
+            pixels = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)
+            if self._cache is not None:
+                self._cache[index] = pixels  # the transforms never write into their input
+        image = tv_tensors.Image(pixels)
         h, w = image.shape[-2:]
         info = self.coco.imgs[img_id]
         if not self._warned_size and (info.get("height", h), info.get("width", w)) != (h, w):
@@ -275,7 +284,7 @@ def build_dataset(cfg: DataConfig, ann_file: str | Path, image_dir: str | Path,
     """A :class:`CocoDetection` with the data options of ``cfg`` (skip_empty, skip_unreadable, allow_outside_paths)."""
     return CocoDetection(ann_file, image_dir, transforms, skip_empty=cfg.skip_empty,
                          skip_unreadable=cfg.skip_unreadable, allow_outside_paths=cfg.allow_outside_paths,
-                         train=train, progress=progress)
+                         cache_images=cfg.cache_images and train, train=train, progress=progress)
 
 
 def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
