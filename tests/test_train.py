@@ -313,6 +313,7 @@ def test_commands_insist_on_bf16_only_when_it_is_named(monkeypatch, tmp_path, sy
 
     monkeypatch.setattr(drmm.data, "generate_synthetic", lambda *a, **k: None)
     monkeypatch.setattr(drmm.engine.train, "train", fake_train)
+    monkeypatch.setattr(drmm.engine.train.DataPaths, "from_dir", staticmethod(lambda folder: folder))
     from drmm.config import packaged_config
 
     args = ("--config", packaged_config("demo.yaml"), "--data", synth) if command == "train" else ()
