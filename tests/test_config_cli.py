@@ -31,6 +31,7 @@ COMMAND_FLAGS = {
     "reproduce": {"--data", "--out", "--budget-minutes", "--iters", "--config", "--set", "--variants", "--seed",
                   "--device", "--no-progress"},
     "convert-mmdet": {"--config", "--out", "--ann"},
+    "convert-dataset": {"--to", "--symlink", "--set"},
 }
 
 
@@ -150,7 +151,7 @@ def _usage_flags(help_text: str) -> set[str]:
 
 
 def test_parser_knows_every_command():
-    commands = "{info,synth,train,demo,eval,calibration,predict,export,bench,reproduce,convert-mmdet}"
+    commands = "{info,synth,train,demo,eval,calibration,predict,export,bench,reproduce,convert-mmdet,convert-dataset}"
     assert commands in build_parser().format_help()
     code, out, _ = run_cli("--help")
     assert code == 0 and commands in out

@@ -145,6 +145,9 @@ class DataConfig:
     skip_unreadable: bool = False  # count and skip unreadable images instead of failing
     allow_outside_paths: bool = False  # accept image file names that are absolute or climb out with ..
     cache_images: bool = False  # keep decoded training images in memory (small datasets: the demo's 2000 = 98 MB)
+    format: str | None = None  # coco | yolo | voc; None: detected from the --data folder (drmm.data.formats)
+    class_names: list[str] | None = None  # VOC: the classes, in label order (None: sorted names of the train split)
+    skip_invalid: bool = False  # YOLO / VOC: count and skip malformed labels and annotation files instead of failing
 
 
 @dataclass

@@ -37,19 +37,24 @@ def device(name: str) -> torch.device:
 
 def add_dataset_args(p: argparse.ArgumentParser) -> None:
     """One split of a dataset: ``--data DIR [--split S]`` or ``--ann FILE --images DIR`` (see :func:`dataset_paths`)."""
-    p.add_argument("--data", help="dataset root: DIR/annotations/SPLIT.json and DIR/SPLIT/")
+    p.add_argument("--data", help="dataset root: COCO (DIR/annotations/SPLIT.json, DIR/SPLIT/), YOLO "
+                                  "(DIR/data.yaml) or VOC (DIR/Annotations, ImageSets/Main/SPLIT.txt)")
     p.add_argument("--split", default="val", help="split under --data (default: val)")
-    p.add_argument("--ann", help="COCO annotation file (with --images)")
+    p.add_argument("--ann", help="COCO annotation file, YOLO data.yaml or VOC ImageSets/Main/SPLIT.txt (with --images)")
     p.add_argument("--images", help="image folder (with --ann)")
 
 
-def dataset_paths(args: argparse.Namespace) -> tuple[Path, Path]:
-    """(annotation file, image folder) from ``--data DIR [--split S]`` or ``--ann A --images D``."""
+def dataset_paths(args: argparse.Namespace, fmt: str | None = None) -> tuple[Path, Path]:
+    """(annotation source, image folder) from ``--data DIR [--split S]`` or ``--ann A --images D``.
+
+    ``fmt`` (``data.format``): the layout of ``--data``, None to detect it (:mod:`drmm.data.formats`).
+    """
     if args.data is not None:
         if args.ann is not None or args.images is not None:
             raise ValueError("give either --data DIR or --ann FILE --images DIR, not both")
-        root = Path(args.data)
-        return root / "annotations" / f"{args.split}.json", root / args.split
+        from ..data.formats import dataset_split
+
+        return dataset_split(args.data, args.split, fmt)
     if args.ann is None or args.images is None:
         raise ValueError("give --data DIR (DIR/annotations/SPLIT.json + DIR/SPLIT/) or both --ann and --images")
     return Path(args.ann), Path(args.images)
@@ -57,19 +62,21 @@ def dataset_paths(args: argparse.Namespace) -> tuple[Path, Path]:
 
 def add_training_data_args(p: argparse.ArgumentParser) -> None:
     """Training (and validation) data: ``--data DIR`` or explicit paths (see :func:`training_data_paths`)."""
-    p.add_argument("--data", help="dataset folder: DIR/annotations/{train,val}.json, DIR/{train,val}/")
+    p.add_argument("--data", help="dataset folder: COCO (DIR/annotations/{train,val}.json, DIR/{train,val}/), "
+                                  "YOLO (DIR/data.yaml) or VOC (DIR/Annotations, DIR/ImageSets/Main)")
     p.add_argument("--train-ann", help="training annotation JSON (instead of --data)")
     p.add_argument("--train-images", help="training image folder")
     p.add_argument("--val-ann", help="validation annotation JSON")
     p.add_argument("--val-images", help="validation image folder")
 
 
-def training_data_paths(args: argparse.Namespace):
-    """:class:`drmm.engine.train.DataPaths` from ``--data DIR`` or ``--train-ann/--train-images[/--val-*]``."""
+def training_data_paths(args: argparse.Namespace, fmt: str | None = None):
+    """:class:`drmm.engine.train.DataPaths` from ``--data DIR`` (``fmt``: its layout, None: detected) or
+    ``--train-ann/--train-images[/--val-*]``."""
     from ..engine.train import DataPaths
 
     if args.data:
-        return DataPaths.from_dir(args.data)
+        return DataPaths.from_dir(args.data, fmt)
     if not (args.train_ann and args.train_images):
         raise ValueError("give --data DIR, or --train-ann and --train-images (and optionally --val-ann/--val-images)")
     if args.val_ann and not args.val_images:

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     dev = device(args.device)
     data_cfg = data_options(args.overrides)
-    ann, images = dataset_paths(args)
+    ann, images = dataset_paths(args, data_cfg.format)
     if not ann.is_file():
         raise FileNotFoundError(f"annotation file not found: {ann}")
     if not images.is_dir():

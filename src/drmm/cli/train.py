@@ -1,4 +1,4 @@
-"""``drmm train``: train a detector on a COCO-format dataset (or ``--resume`` a run folder)."""
+"""``drmm train``: train a detector on a COCO, YOLO or VOC dataset (or ``--resume`` a run folder)."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from .common import add_set_option, add_training_data_args, print_metrics, train
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a detector on a COCO-format dataset")
+    p = subparsers.add_parser("train", help="train a detector on a COCO, YOLO or VOC dataset")
     p.add_argument("--config", help="YAML config (default: the run folder's config.yaml with --resume)")
     add_training_data_args(p)
     p.add_argument("--out", required=True, help="run folder (config.yaml, log.jsonl, loss.png, last.pt, best.pt)")
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(config, args.overrides, written_by_drmm=args.config is None)  # a run's own config
     if args.init_from:
         cfg.train.init_from = args.init_from
-    result = train(cfg, training_data_paths(args), args.out, resume=args.resume, device=args.device,
+    result = train(cfg, training_data_paths(args, cfg.data.format), args.out, resume=args.resume, device=args.device,
                    progress=not args.no_progress, force_amp=named_on_command_line(args.overrides, "train.amp"))
     print_metrics(result["metrics"])
     print(f"trained {result['step']} iterations in {result['seconds'] / 60:.1f} min -> {args.out}")

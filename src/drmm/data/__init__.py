@@ -1,11 +1,15 @@
-"""Data layer: COCO-format datasets, the training augmentation and a synthetic shapes dataset."""
+"""Data layer: COCO, YOLO and VOC datasets (served as COCO), the training augmentation, a synthetic set."""
 from .coco import CocoDetection, build_dataset, check_class_mapping, collate_fn
+from .formats import FORMATS, detect_format
 from .images import UnreadableImageError, check_image, load_rgb
+from .protocol import DetectionDataset
 from .synthetic import CLASS_NAMES as SYNTHETIC_CLASS_NAMES, generate_synthetic
 from .transforms import RandomSizeCrop, build_transforms
 
 __all__ = [
     "CocoDetection",
+    "DetectionDataset",
+    "FORMATS",
     "RandomSizeCrop",
     "SYNTHETIC_CLASS_NAMES",
     "UnreadableImageError",
@@ -14,6 +18,7 @@ __all__ = [
     "check_class_mapping",
     "check_image",
     "collate_fn",
+    "detect_format",
     "generate_synthetic",
     "load_rgb",
 ]

@@ -46,6 +46,11 @@ def load_annotations(ann_file: str | Path) -> dict[str, Any]:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{ann_file}: not valid JSON: {e}") from e
+    return check_annotations(d, ann_file)
+
+
+def check_annotations(d: Any, ann_file: str | Path) -> dict[str, Any]:
+    """``d`` (a COCO dict, read from a file or built in memory) checked; ``ann_file`` names it in errors."""
     if not isinstance(d, dict):
         raise ValueError(f"{ann_file}: not a COCO annotation file (top level is {type(d).__name__}, not an object)")
     d.setdefault("annotations", [])

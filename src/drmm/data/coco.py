@@ -1,5 +1,8 @@
 """COCO-format detection dataset: checked annotations, checked image files, robust decoding.
 
+YOLO and VOC splits are served by the same class: :func:`build_dataset` converts them
+into a COCO dict first (:mod:`drmm.data.formats`), which is checked like a file.
+
 The annotation file is checked first (:mod:`drmm.data.annotations`: ids, duplicate
 entries, image paths leaving the image folder, each an error naming the entry).
 Boxes are cleaned once at construction (crowd regions dropped, degenerate or
@@ -38,7 +41,8 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from ..config import DataConfig
-from .annotations import assign_missing_ids, leaves_folder, load_annotations
+from .annotations import assign_missing_ids, check_annotations, leaves_folder, load_annotations
+from .formats import load_split
 from .images import NO_SUCH_FILE, SKIP_OPTION, SKIP_REMEDY, UnreadableImageError, check_image, load_rgb, unreadable
 
 logger = logging.getLogger("drmm.data")
@@ -74,8 +78,13 @@ class CocoDetection(torch.utils.data.Dataset):
         cache_images: bool = False,
         train: bool = True,
         progress: bool = True,
+        annotations: dict[str, Any] | None = None,
     ) -> None:
         """Load and check ``ann_file`` and the images it lists under ``image_dir``.
+
+        ``annotations``: an already-built COCO dict (a YOLO or VOC split converted by
+        :mod:`drmm.data.formats`), checked like a file; ``ann_file`` then only names
+        its source in messages.
 
         ``skip_unreadable`` (``--set data.skip_unreadable=true``): leave out and count
         missing or undecodable images instead of failing. ``allow_outside_paths``
@@ -97,7 +106,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 "ids_assigned", "clipped", "outside", "images", "images_empty", "skipped_empty",
                 "outside_paths", "checked", "unreadable")
         self.stats: dict[str, int] = dict.fromkeys(keys, 0)
-        dataset = load_annotations(self.ann_file)
+        dataset = load_annotations(self.ann_file) if annotations is None else check_annotations(annotations,
+                                                                                                self.ann_file)
         self.stats["ids_assigned"] = assign_missing_ids(dataset["annotations"])
         self._check_paths(dataset["images"], allow_outside_paths)
         self.coco = COCO()
@@ -281,10 +291,20 @@ class CocoDetection(torch.utils.data.Dataset):
 def build_dataset(cfg: DataConfig, ann_file: str | Path, image_dir: str | Path,
                   transforms: Callable[[Any, Target], tuple[Any, Target]] | None = None, *, train: bool = True,
                   progress: bool = True) -> CocoDetection:
-    """A :class:`CocoDetection` with the data options of ``cfg`` (skip_empty, skip_unreadable, allow_outside_paths)."""
-    return CocoDetection(ann_file, image_dir, transforms, skip_empty=cfg.skip_empty,
-                         skip_unreadable=cfg.skip_unreadable, allow_outside_paths=cfg.allow_outside_paths,
-                         cache_images=cfg.cache_images and train, train=train, progress=progress)
+    """A :class:`CocoDetection` with the data options of ``cfg`` (skip_empty, skip_unreadable, allow_outside_paths).
+
+    ``ann_file`` is a COCO JSON file, a YOLO ``data.yaml`` or a VOC ``ImageSets/Main/SPLIT.txt``
+    (``cfg.format``, or told by its suffix: :func:`drmm.data.formats.split_format`); YOLO and
+    VOC splits become a COCO dict first, their counted skips added to ``dataset.stats``.
+    """
+    converted = load_split(cfg, ann_file, image_dir)
+    dataset = CocoDetection(ann_file, image_dir, transforms, skip_empty=cfg.skip_empty,
+                            skip_unreadable=cfg.skip_unreadable, allow_outside_paths=cfg.allow_outside_paths,
+                            cache_images=cfg.cache_images and train, train=train, progress=progress,
+                            annotations=None if converted is None else converted[0])
+    for key, n in ({} if converted is None else converted[1]).items():
+        dataset.stats[key] = dataset.stats.get(key, 0) + n
+    return dataset
 
 
 def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..config import Config, save_config
 from ..data import UnreadableImageError, build_dataset, build_transforms, collate_fn
+from ..data.formats import training_splits
 from ..evaluation.coco import coco_evaluate, to_coco_results
 from ..evaluation.inference import run_inference
 from ..hardware import resolve_amp
@@ -51,15 +52,12 @@ class DataPaths:
     val_images: Path | None = None
 
     @classmethod
-    def from_dir(cls, root: str | os.PathLike) -> "DataPaths":
-        """``root/annotations/{train,val}.json`` with images in ``root/{train,val}/``."""
-        root = Path(root)
-        paths = cls(root / "annotations/train.json", root / "train", root / "annotations/val.json", root / "val")
-        if not paths.train_ann.is_file():
-            raise FileNotFoundError(f"{paths.train_ann} not found (expected DIR/annotations/train.json)")
-        if not paths.val_ann.is_file():
-            paths.val_ann = paths.val_images = None
-        return paths
+    def from_dir(cls, root: str | os.PathLike, fmt: str | None = None) -> "DataPaths":
+        """COCO ``root/annotations/{train,val}.json`` + ``root/{train,val}/``, or a YOLO or VOC layout.
+
+        ``fmt`` (``data.format``): coco, yolo or voc; None detects it (:mod:`drmm.data.formats`).
+        """
+        return cls(*training_splits(root, fmt))
 
 
 class Trainer:

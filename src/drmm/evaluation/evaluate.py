@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..data.protocol import DetectionDataset
 from ..plotting import confidence_histograms, reliability_diagram
 from .ablations import ablation_variants
 from .calibration import bin_statistics
@@ -78,7 +79,7 @@ def score_detections(
 
 def evaluate(
     model: nn.Module,
-    dataset,
+    dataset: DetectionDataset,
     out_dir: str | Path | None = None,
     *,
     batch_size: int = 4,
@@ -91,7 +92,9 @@ def evaluate(
     progress: bool = True,
     title: str = "",
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on a :class:`~drmm.data.CocoDetection` (``train=False``); see the module doc.
+    """Evaluate ``model`` on a dataset (a :class:`~drmm.data.CocoDetection` of any layout, ``train=False``).
+
+    See the module doc.
 
     Returns the flat metrics (``METRIC_NAMES`` + ``ECE`` + ``LaECE``, NaN where
     undefined), plus ``"diagnostics"`` and ``"nms_sweep"`` row lists when requested.
