@@ -23,6 +23,11 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Open an image as an upright RGB uint8 PIL image, whatever its mode (16-bit scaled, not clipped)."""
     with Image.open(path) as f:
         img = ImageOps.exif_transpose(f)  # a loaded copy, so the file can be closed
+    return as_rgb(img)
+
+
+def as_rgb(img: Image.Image) -> Image.Image:
+    """An image of any PIL mode as RGB uint8, as :func:`load_rgb` reads it (16-bit scaled, alpha dropped)."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         a = np.asarray(img, dtype=np.float64)
         if img.mode.startswith("I;16") or (img.mode == "I" and a.min() >= 0 and a.max() <= 65535):
