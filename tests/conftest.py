@@ -1,4 +1,6 @@
 """Fixtures shared by all tests (helper functions are in ``helpers.py``)."""
+import os
+
 import pytest
 import torch
 from helpers import tiny_config
@@ -6,10 +8,14 @@ from helpers import tiny_config
 from drmm.config import Config
 
 
+# Under pytest-xdist (`make test` runs two workers on the two cores) each worker computes with one thread.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

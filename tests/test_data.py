@@ -415,7 +415,7 @@ def test_cached_images_give_the_same_samples_and_are_never_written(tmp_path):
     assert flipped > 0  # the flip ran on cached images too
     for i, pixels in cached._cache.items():
         name = cached.coco.imgs[cached.ids[i]]["file_name"]
-        decoded = torch.from_numpy(np.asarray(Image.open(tmp_path / "train" / name).convert("RGB"))).permute(2, 0, 1)
+        decoded = torch.from_numpy(np.array(Image.open(tmp_path / "train" / name).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(pixels, decoded)
     assert len(cached._cache) == len(cached)
     val = build_dataset(cfg, tmp_path / "annotations/val.json", tmp_path / "val", train=False, progress=False)
