@@ -58,8 +58,8 @@ def make_coco_jpegs(root: str | os.PathLike, n_train: int, n_val: int = 0, size:
             images, anns = [], []
             for i, (name, objects) in enumerate(pool.imap(_render, jobs, chunksize=4)):
                 images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
-                anns += [{"id": len(anns) + 1, "image_id": i + 1, "category_id": o["label"] + 1, "bbox": o["bbox"],
-                          "area": o["area"], "iscrowd": 0} for o in objects]
+                anns += [{"id": len(anns) + k + 1, "image_id": i + 1, "category_id": o["label"] + 1,
+                          "bbox": o["bbox"], "area": o["area"], "iscrowd": 0} for k, o in enumerate(objects)]
             data = {"images": images, "annotations": anns, "categories": categories}
             (root / "annotations" / f"{split}.json").write_text(json.dumps(data))
     (root / "made.json").write_text(json.dumps(spec))
