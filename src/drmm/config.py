@@ -124,6 +124,12 @@ class TrainConfig:
     # a new run from the weights of a drmm, convert-mmdet or MMDetection checkpoint (classes mapped by name;
     # iteration 0, fresh optimizer and schedule); drmm train --init-from PATH
     init_from: str | None = None
+    # exponential moving average of the weights (RT-DETR's ModelEMA): validation, best.pt, eval and predict use
+    # it; checkpoints hold it as "ema" next to the raw "model" (resume). d = ema_decay * (1 - exp(-n / ema_warmup))
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_warmup: int = 2000  # optimizer steps over which the decay ramps up
+    patience: int = 0  # early stopping: stop after N validations without a better AP (0 = off)
 
 
 @dataclass

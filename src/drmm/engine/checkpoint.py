@@ -6,7 +6,10 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
      "cat_ids": [...],            # dataset category id of each contiguous label
      "version": "0.2.0", "step": int, "epoch": int,
      # training state (absent in exported weights):
-     "optimizer", "scheduler", "scaler", "rng", "best_metric", ...}
+     "optimizer", "scheduler", "scaler", "rng", "best_metric", ...,
+     # the callbacks' state (drmm.engine.callbacks), where turned on:
+     "ema": state_dict, "ema_updates": int,   # train.ema: the averaged weights (eval / predict load these)
+     "early_stopping": {"best", "bad"}}       # train.patience
 """
 from __future__ import annotations
 
@@ -85,3 +88,32 @@ def make_checkpoint(model: torch.nn.Module, config: dict, class_names: list[str]
         "version": __version__,
         **extra,
     }
+
+
+def training_checkpoint(trainer: Any, metrics: dict | None = None) -> dict[str, Any]:
+    """Everything a :class:`drmm.engine.train.Trainer` needs to resume exactly, plus its callbacks' state."""
+    t = trainer
+    ckpt = make_checkpoint(
+        t.model, t.cfg.to_dict(), t.train_set.class_names, t.train_set.cat_ids,
+        step=t.step, epoch=t.step // t.steps_per_epoch,
+        optimizer=t.optimizer.state_dict(), scheduler=t.scheduler.state_dict(),
+        scaler=t.scaler.state_dict(), rng=rng_state(), best_metric=t.best,
+        nonfinite=t.nonfinite, nonfinite_total=t.nonfinite_total, metrics=metrics or {},
+    )
+    for cb in t.callbacks:  # "ema", "ema_updates", "early_stopping"
+        ckpt.update(cb.state_dict())
+    return ckpt
+
+
+def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
+    """The inverse of :func:`training_checkpoint` (``ckpt`` loaded on the CPU: RNG states stay CPU tensors)."""
+    t = trainer
+    t.model.load_state_dict(ckpt["model"])
+    t.optimizer.load_state_dict(ckpt["optimizer"])
+    t.scheduler.load_state_dict(ckpt["scheduler"])
+    t.scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+    for cb in t.callbacks:
+        cb.load_state_dict(ckpt)
+    t.step, t.best = ckpt["step"], ckpt["best_metric"]
+    t.nonfinite, t.nonfinite_total = ckpt["nonfinite"], ckpt["nonfinite_total"]

@@ -5,6 +5,8 @@ every sample's augmentation from a generator seeded with (seed, epoch, index)
 (:mod:`drmm.engine.sampling`), so a run is the same with any number of workers;
 checkpoints hold the model, optimizer, scheduler, scaler and RNG states plus the
 position in the epoch, so ``resume`` continues exactly where the run stopped.
+Callbacks (:mod:`drmm.engine.callbacks`: EMA, early stopping) hook into steps,
+validations and checkpoints.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from ..evaluation.inference import run_inference
 from ..hardware import resolve_amp
 from ..models import build_detector, load_checkpoint
 from ..plotting import loss_curve
-from .checkpoint import atomic_save, make_checkpoint, rng_state, set_rng_state
+from .callbacks import EMA, build_callbacks
+from .checkpoint import atomic_save, restore_training_state, training_checkpoint
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
 from .init_from import init_model
 from .runlog import append_row, cut_log
@@ -121,11 +124,14 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs a GPU; on the CPU pass --set train.amp=bf16 (or none)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
+        self.callbacks = build_callbacks(cfg, self.model)  # EMA (train.ema), early stopping (train.patience)
+        self.ema = next((c for c in self.callbacks if isinstance(c, EMA)), None)
 
         self.loader: DataLoader | None = None
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
         self.last_val_step = -1  # the step of the last "val" row in log.jsonl
+        self.stopping = False  # a callback asked to stop (early stopping)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -135,16 +141,8 @@ class Trainer:
 
     # -- checkpoints
     def _checkpoint(self, name: str, metrics: dict | None = None) -> None:
-        if not self.is_main:
-            return
-        ckpt = make_checkpoint(
-            self.model, self.cfg.to_dict(), self.train_set.class_names, self.train_set.cat_ids,
-            step=self.step, epoch=self.step // self.steps_per_epoch,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), rng=rng_state(), best_metric=self.best,
-            nonfinite=self.nonfinite, nonfinite_total=self.nonfinite_total, metrics=metrics or {},
-        )
-        atomic_save(ckpt, self.out / name)
+        if self.is_main:
+            atomic_save(training_checkpoint(self, metrics), self.out / name)
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
@@ -152,13 +150,7 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise RuntimeError(f"{path} holds no training state; cannot resume from it (start a new run: "
                                "another --out, without --resume)")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        set_rng_state(ckpt["rng"])
-        self.step, self.best = ckpt["step"], ckpt["best_metric"]
-        self.nonfinite, self.nonfinite_total = ckpt["nonfinite"], ckpt["nonfinite_total"]
+        restore_training_state(self, ckpt)
         logger.info("resumed from %s at iteration %d", path, self.step)
         if self.is_main:
             self._cut_log()
@@ -258,9 +250,10 @@ class Trainer:
         if not self.is_main:  # validation runs on rank 0; the others wait for it
             dist.barrier()
             return {}
+        model = self.ema.module if self.ema else self.model  # the averaged weights, with train.ema
         self.model.eval()
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            dets, image_ids, _ = run_inference(self.model, self.val_set, batch_size=self.cfg.train.batch_size,
+            dets, image_ids, _ = run_inference(model, self.val_set, batch_size=self.cfg.train.batch_size,
                                                device=self.device, progress=False)
         self.model.train()
         results = to_coco_results(dets, image_ids, self.val_set.cat_ids)
@@ -272,7 +265,7 @@ class Trainer:
     def _after_interval(self, epoch_end: bool) -> None:
         t = self.cfg.train
         if self._interval_due(t.eval_interval, epoch_end) and self.val_set is not None:
-            metrics = self.evaluate()
+            metrics, stops = self.evaluate(), []
             if self.is_main:
                 self._log({"type": "val", "step": self.step, **metrics})
                 msg = "  ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("AP", "AP50", "AR100"))
@@ -280,6 +273,11 @@ class Trainer:
                 if metrics.get("AP", -1) > self.best:
                     self.best = metrics["AP"]
                     self._checkpoint("best.pt", metrics)
+                stops = [cb.stop_reason for cb in self.callbacks if cb.on_validation(self, metrics)]
+                if stops:
+                    self._log({"type": "stop", "step": self.step, "reason": stops[0]})
+                    tqdm.write(f"iteration {self.step}: stopped ({stops[0]}); final evaluation and checkpoint")
+            self.stopping = on_any_rank(bool(self.is_main and stops), self.device, self.world)
         if self._interval_due(t.checkpoint_interval, epoch_end):
             self._checkpoint("last.pt")
 
@@ -325,6 +323,8 @@ class Trainer:
                 row = self.train_step(images, targets)  # synchronises the device (it reads the loss)
                 waited, busy, steps = waited + got - tick, busy + time.perf_counter() - got, steps + 1
                 self.step += 1
+                for cb in self.callbacks:  # EMA update; self.step counts this step
+                    cb.on_step_end(self, row)
                 bar.update(1)
                 if row is not None and (self.step % t.log_interval == 0 or self.step == 1):
                     row.update(type="train", step=self.step, epoch=epoch, lr=self.optimizer.param_groups[0]["lr"],
@@ -340,11 +340,13 @@ class Trainer:
                 if self.step >= self.total_steps:
                     break
                 self._after_interval(epoch_end)
+                if self.stopping:
+                    stopped_early = True
+                    break
                 if deadline and on_any_rank(time.time() > deadline, self.device, self.world):
                     logger.info("time limit of %.1f min reached at iteration %d", t.time_limit_minutes, self.step)
                     stopped_early = True
                     break
-                tick = time.perf_counter()
                 tick = time.perf_counter()
 
 

@@ -112,6 +112,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise RuntimeError(f"{path} is not a drmm checkpoint (needs 'model' and 'config' entries)")
     ckpt["model"] = remap_state_dict(ckpt["model"])
+    if isinstance(ckpt.get("ema"), dict):
+        ckpt["ema"] = remap_state_dict(ckpt["ema"])
     return ckpt
 
 
@@ -121,5 +123,8 @@ def detector_from_checkpoint(path: str | Path, map_location: str | torch.device 
     cfg = Config.from_dict(with_legacy_values(ckpt["config"]), f"{path}:config")
     cfg.model.pretrained = None  # the weights come from the checkpoint
     model = build_detector(cfg)
-    model.load_state_dict(ckpt["model"])
+    # The one place checkpoints become models (eval, predict, export, the DRMM object, reproduce): a run
+    # trained with train.ema saves the averaged weights as "ema" next to the raw "model" that --resume
+    # needs; the averaged ones are the trained model (validation and best.pt used them).
+    model.load_state_dict(ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"])
     return model.eval(), ckpt
