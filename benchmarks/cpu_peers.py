@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_common import describe, environment, interleaved_latencies, onnx_backends  # noqa: E402
 
 from drmm.config import load_config  # noqa: E402
-from drmm.export import export_onnx, match_detections  # noqa: E402
+from drmm.export import count_matched_detections, export_onnx  # noqa: E402
 from drmm.models import build_detector  # noqa: E402
 from drmm.onnx_predict import _openvino_session  # noqa: E402
 
@@ -124,11 +124,11 @@ def hf_openvino(detector: HFDetector, image: torch.Tensor, threads: int) -> Call
 
 
 def compare(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...]) -> tuple[int, float, float]:
-    """Detections matched one-to-one (``drmm.export.match_detections``: same label, score within 1e-4, box within
-    0.05 px), and the largest score and box deviation over equal ranks (boxes: ranks with equal labels)."""
+    """Detections matched one-to-one (``drmm.export.count_matched_detections``: same label, score within 1e-4, box
+    within 0.05 px), and the largest score and box deviation over equal ranks (boxes: ranks with equal labels)."""
     same = ref[2] == got[2]
     db = float(np.abs(ref[0] - got[0])[same].max()) if same.any() else float("nan")
-    return match_detections(ref, got), float(np.abs(ref[1] - got[1]).max()), db
+    return count_matched_detections(ref, got), float(np.abs(ref[1] - got[1]).max()), db
 
 
 def gflops(run: Callable[[], object]) -> float:
@@ -236,7 +236,7 @@ def main() -> None:
     for row, got in checks.items():
         matched, ds, db = compare(ref, got)
         exact[row] = matched == len(ref[1]) == len(got[1])
-        loose = match_detections(ref, got, score_tol=1e-2, box_tol=2.0)
+        loose = count_matched_detections(ref, got, score_tol=1e-2, box_tol=2.0)
         print(f"  {row:<24} {matched}/{len(ref[1])} matched; by rank: max |score| {ds:.2e}, "
               f"max |box| {db:.3f} px (same-label ranks) -> {'equal' if exact[row] else 'NOT equal'} "
               f"({loose}/{len(ref[1])} within 1e-2 / 2 px)")

@@ -30,7 +30,7 @@ from bench_common import describe, environment, onnx_backends  # noqa: E402
 from drmm.evaluation.calibration_summary import calibration_summary  # noqa: E402
 from drmm.evaluation.coco import coco_evaluate  # noqa: E402
 from drmm.evaluation.cocofiles import detections_from_results, load_ground_truth  # noqa: E402
-from drmm.export import export_checkpoint, match_detections  # noqa: E402
+from drmm.export import count_matched_detections, export_checkpoint  # noqa: E402
 from drmm.image_files import load_rgb  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def main() -> None:
         ref = outputs["onnxruntime f32"]
         total += len(ref[1])
         for name, got in outputs.items():
-            equal[name] += match_detections(ref, got)
+            equal[name] += count_matched_detections(ref, got)
             deviations[name].append(np.abs(np.sort(ref[1]) - np.sort(got[1])))  # k-th best vs k-th best
     gt = load_ground_truth(args.ann)
     ids = [info["id"] for info in images]

@@ -1,6 +1,7 @@
 """`drmm.DRMM` (issue 25): predict on every input kind, train, evaluate, save, export, against the commands."""
 import json
 import math
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +186,22 @@ def test_save_round_trip_and_export_use_the_current_weights(model, picture, tmp_
     assert again.export(tmp_path / "m.onnx", static=[64, 96]) == tmp_path / "m.onnx"
     assert seen["args"] == (tmp_path / "m.onnx", 18, (64, 96), True)
     assert all(torch.equal(v, again.module.state_dict()[k]) for k, v in seen["state"].items())
+
+
+def test_to_moves_the_module_and_the_inference_copy(ckpt, picture):
+    model = DRMM.from_checkpoint(ckpt, device="cpu")
+    before, = model.predict(picture[1])
+    copy_before = model._inference
+    assert model.to("cpu") is model and model.device == torch.device("cpu")
+    assert model._inference is copy_before  # already there: kept, not made again
+    assert all(p.device.type == "cpu" for p in chain(model.module.parameters(), model._inference.parameters()))
+    _same(before, model.predict(picture[1])[0])
+    with torch.no_grad():  # weights changed, then moved: the copy is made again from the new weights
+        next(model.module.parameters()).add_(1)
+    model.to(torch.device("cpu"))
+    assert model._inference is None and model.predict(picture[1])[0] is not None
+    assert model._inference is not copy_before
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            model.to("cuda")
+        assert model.device == torch.device("cpu")

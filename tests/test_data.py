@@ -121,7 +121,7 @@ def test_coco_labels_cleaning_and_stats(coco_dir, caplog):
         ds = CocoDetection(coco_dir / "ann.json", coco_dir)
     assert "crowd=1" in caplog.text
     assert ds.cat_ids == [5, 11, 42] and ds.class_names == ["c5", "c11", "c42"]
-    assert ds.label_to_cat_id(2) == 42 and ds.cat_id_to_label(11) == 1
+    assert ds.cat_ids[2] == 42 and ds.cat_id_to_label(11) == 1
     assert ds.ids == [10, 20, 30, 40, 50, 60]  # the empty image is left out
     s = ds.stats
     assert (s["annotations"], s["crowd"], s["degenerate"], s["nonfinite"], s["clipped"], s["outside"]) == (11, 1, 1, 1, 1, 1)

@@ -24,7 +24,7 @@ pytest.importorskip("onnxscript", reason="pip install 'drmm[export]'")
 from drmm import build_detector, detector_from_checkpoint  # noqa: E402
 from drmm.config import Config, load_config  # noqa: E402
 from drmm.engine.checkpoint import atomic_save, make_checkpoint  # noqa: E402
-from drmm.onnx_predict import OnnxDetector, check_image  # noqa: E402
+from drmm.onnx_predict import OnnxDetector, check_graph_input  # noqa: E402
 
 CAT_IDS = [3, 7, 11]
 SIZES = [(90, 131), (203, 61), (140, 150)]  # export example is 375 x 500: other sizes, landscape and portrait
@@ -109,7 +109,7 @@ def test_predict_onnx_writes_what_predict_writes(exported, tmp_path):
     (np.full((3, 32, 32), np.nan, np.float32), "NaN")])
 def test_bad_images_are_refused_before_the_session(image, message):
     with pytest.raises(ValueError, match=message):
-        check_image(image)
+        check_graph_input(image)
 
 
 def test_predict_onnx_cli_errors(tmp_path):
@@ -177,7 +177,7 @@ def _small(config: str, **model) -> Config:
 def test_paper_backbones_export_and_match(config, static, tmp_path):
     """ResNet-50 (any size) and Swin-T (one size): export_checkpoint's own check against PyTorch passes, and
     onnxruntime and OpenVINO both give PyTorch's detections."""
-    from drmm.export import export_checkpoint, match_detections
+    from drmm.export import count_matched_detections, export_checkpoint
 
     torch.manual_seed(0)
     cfg = _small(config)
@@ -191,9 +191,10 @@ def test_paper_backbones_export_and_match(config, static, tmp_path):
         ref = model([image])[0]
     got = OnnxDetector(onnx_path)(image.numpy())
     ref = tuple(ref[k].numpy() for k in ("boxes", "scores", "labels"))
-    assert match_detections(ref, got) == 10
+    assert count_matched_detections(ref, got) == 10
     if openvino_usable():  # the same file on OpenVINO (f32)
-        assert match_detections(ref, OnnxDetector(onnx_path, runtime="openvino")(image.numpy())) == 10
+        got = OnnxDetector(onnx_path, runtime="openvino")(image.numpy())
+        assert count_matched_detections(ref, got) == 10
 
 
 def test_swin_needs_a_static_size(tmp_path):
@@ -243,19 +244,19 @@ def test_a_graph_that_kept_its_tracing_size_is_refused_and_deleted(tmp_path, mon
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_match_detections_against_hand_cases():
+def test_count_matched_detections_against_hand_cases():
     boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]], dtype=np.float32)
     ref = (boxes, np.array([0.9, 0.5, 0.5], dtype=np.float32), np.array([1, 2, 3]))
-    from drmm.export import match_detections
+    from drmm.export import count_matched_detections
 
     swapped = (boxes[[0, 2, 1]], ref[1][[0, 2, 1]], ref[2][[0, 2, 1]])  # a tie swapped: still equal
-    assert match_detections(ref, swapped) == 3
+    assert count_matched_detections(ref, swapped) == 3
     moved = (boxes + np.array([[0, 0, 0.06, 0]] + [[0, 0, 0, 0]] * 2, dtype=np.float32), ref[1], ref[2])
-    assert match_detections(ref, moved) == 2  # 0.06 px > 0.05
+    assert count_matched_detections(ref, moved) == 2  # 0.06 px > 0.05
     relabelled = (boxes, ref[1], np.array([1, 3, 3]))
-    assert match_detections(ref, relabelled) == 2
+    assert count_matched_detections(ref, relabelled) == 2
     rescored = (boxes, ref[1] + np.float32(2e-4), ref[2])
-    assert match_detections(ref, rescored) == 0
+    assert count_matched_detections(ref, rescored) == 0
 
 
 # --- OpenVINO: the same file on a second runtime --------------------------------------------

@@ -11,6 +11,7 @@ import torch
 from helpers import run_cli, tiny_config
 from PIL import Image
 
+from drmm import DRMM
 from drmm.config import DataConfig, save_config
 from drmm.data import CocoDetection, DetectionDataset, UnreadableImageError, build_dataset
 from drmm.data.formats import dataset_split, detect_format, resolve_split, split_format, training_splits
@@ -277,3 +278,24 @@ def test_train_and_eval_on_a_yolo_set(yolo_dir, tmp_path):
     dets = json.loads((tmp_path / "ev/detections.json").read_text())
     assert dets and {d["category_id"] for d in dets} <= {0, 1} and {d["image_id"] for d in dets} == {1}
     assert torch.load(run / "last.pt", weights_only=True)["config"]["data"]["format"] is None
+
+
+@pytest.mark.parametrize("layout", ["yolo", "voc"])
+def test_drmm_trains_and_evaluates_on_a_yolo_or_voc_set(layout, yolo_dir, voc_dir, tmp_path):
+    """The Python object on the two other layouts: it takes the set's classes and gives ``drmm eval``'s metrics."""
+    cfg = tiny_config(num_classes=1, min_size=64, max_size=64)
+    t = cfg.train
+    t.lr, t.batch_size, t.max_iters, t.warmup_iters, t.lr_steps, t.lr_steps_unit = 1e-3, 2, 2, 1, [], "iter"
+    t.num_workers, t.eval_interval, t.checkpoint_interval, t.interval_unit = 0, 0, 0, "iter"
+    cfg.data.scale, cfg.data.crop = 0.1, False
+    model = DRMM.from_config(cfg, class_names=["placeholder"], device="cpu")
+    root = yolo_dir if layout == "yolo" else voc_dir
+    result = model.train(data=root, out=tmp_path / "run", progress=False)
+    assert result["step"] == 2 and result["checkpoint"].parent == tmp_path / "run"
+    if layout == "yolo":  # class index i = category id i, named by data.yaml
+        assert model.category_ids == [0, 1] and model.class_names == ["cat", "dog"]
+    else:  # the train split's names, sorted, ids 1..C
+        assert model.category_ids == [1, 2, 3] and model.class_names == ["bird", "cat", "dog"]
+    metrics = model.evaluate(data=root, num_workers=0, progress=False)
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "ECE", "LaECE"} <= metrics.keys()
+    assert 0 <= metrics["AP"] <= 1 and 0 <= metrics["AP50"] <= 1

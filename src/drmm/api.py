@@ -4,6 +4,7 @@
 
     from drmm import DRMM
     model = DRMM.from_checkpoint("runs/r50/best.pt")   # or DRMM.from_config("drmm_r50.yaml", class_names=[...])
+    model.to("cuda")                                    # once; every method then runs there
     dets = model.predict("photo.jpg")                   # [Detections]: boxes, scores, category_ids, class_names
     model.train(data="data/shapes", out="runs/mine", max_iters=1000)
     model.evaluate(data="data/shapes")                  # the metrics of `drmm eval`
@@ -206,10 +207,28 @@ class DRMM:
         return (f"DRMM({m.architecture}, {m.backbone}, {len(self.class_names)} classes, head "
                 f"{'mixture' if self._module.is_mixture else 'box'}, device {self.device}, from {self.source})")
 
+    def to(self, device: str | torch.device) -> "DRMM":
+        """Put the model on ``device`` once (``model.to("cuda")``): the module, the inference copy and every later
+        :meth:`predict`, :meth:`evaluate` and :meth:`train` use it. Returns ``self``."""
+        dev = _device(device)
+        fresh = self._inference is not None and self._weights_state() == self._inference_of
+        self._module.to(dev)
+        self.device = dev
+        if fresh:  # moved with the module, not made again
+            self._inference = self._inference.to(dev)
+            self._inference_of = self._weights_state()
+        else:
+            self._inference = self._inference_of = None
+        return self
+
+    def _weights_state(self) -> tuple:
+        """Where the module's tensors are and their in-place versions: tells when the inference copy is stale."""
+        tensors = chain(self._module.parameters(), self._module.buffers())
+        return tuple((t.data_ptr(), t._version) for t in tensors)  # in-place updates bump _version
+
     def _inference_model(self) -> torch.nn.Module:
         """The optimised copy (folded BatchNorms, channels_last), made again when the module's weights change."""
-        tensors = chain(self._module.parameters(), self._module.buffers())
-        state = tuple((t.data_ptr(), t._version) for t in tensors)  # in-place updates bump _version
+        state = self._weights_state()
         if self._inference is None or state != self._inference_of:
             self._inference = copy.deepcopy(self._module).optimize_for_inference().to(self.device)
             self._inference_of = state

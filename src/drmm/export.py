@@ -34,12 +34,11 @@ from .models.backbone import STRIDES, SwinBody
 from .models.box_ops import clean_boxes
 from .models.detector import Detector
 from .models.poolers import TorchvisionRoIAlign, box_levels, released_levels
+from .onnx_predict import EXPORT_EXTRA, MIN_SIDE
 
 if TYPE_CHECKING:  # onnx is optional: imported where it is used
     import onnx
 
-EXPORT_EXTRA = "pip install 'drmm[export]'"
-MIN_SIDE = 8
 
 
 def require_modules(*names: str) -> None:
@@ -217,8 +216,8 @@ def materialise_empty_initializers(proto: "onnx.ModelProto") -> int:
     return count
 
 
-def match_detections(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...], score_tol: float = 1e-4,
-                     box_tol: float = 0.05) -> int:
+def count_matched_detections(ref: tuple[np.ndarray, ...], got: tuple[np.ndarray, ...], score_tol: float = 1e-4,
+                             box_tol: float = 0.05) -> int:
     """How many of ``ref``'s ``(boxes [N, 4], scores [N], labels [N])`` have a partner in ``got``.
 
     Partners are one-to-one, with the same label, a score within ``score_tol`` and every
@@ -254,7 +253,7 @@ def verify_export(model: Detector, path: str | Path, cat_ids: list[int],
     ids = np.asarray(cat_ids)
     ref = (ref["boxes"].numpy(), ref["scores"].numpy(), ids[ref["labels"].numpy()])
     got = OnnxDetector(path, threads=torch.get_num_threads())(image.numpy())
-    matched = match_detections(ref, got)
+    matched = count_matched_detections(ref, got)
     if matched != len(ref[1]) or len(got[1]) != len(ref[1]):
         why = ("the graph probably kept a size from tracing: export for the size you will run with --static HxW"
                if static_size is None else "please report this with the checkpoint's config.yaml")

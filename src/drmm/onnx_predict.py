@@ -2,7 +2,7 @@
 
 Writes the same outputs as :func:`drmm.predict.predict`: ``OUT/<stem>.png`` with the
 detections scoring >= ``threshold`` drawn (with PIL) and ``OUT/<stem>.json``. The
-graph contract is in :mod:`drmm.export`; :func:`check_image` enforces it first.
+graph contract is in :mod:`drmm.export`; :func:`check_graph_input` enforces it first.
 """
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from PIL import Image, ImageDraw
 from .image_files import collect_images, out_stem, readable_images, write_record
 
 EXPORT_EXTRA = "pip install 'drmm[export]'"
-MIN_SIDE = 8  # the smallest side the exported graph accepts (drmm.export.MIN_SIDE)
+"""The install command of the ONNX extra (onnx, onnxscript, onnxruntime), named in errors."""
+MIN_SIDE = 8
+"""The smallest image side an exported graph accepts (its symbolic height and width start here)."""
 HIGH, LOW = (40, 200, 60), (230, 40, 40)  # scores >= 0.5 / below, as drmm.plotting
 
 
-def check_image(image: np.ndarray, static: tuple[int, int] | None = None) -> None:
+def check_graph_input(image: np.ndarray, static: tuple[int, int] | None = None) -> None:
     """Raise ``ValueError`` unless ``image`` is float32-able ``[3, H, W]`` in 0..1 with sides >= 8 (and = ``static``)."""
     if not isinstance(image, np.ndarray) or image.ndim != 3:
         raise ValueError(f"expected an image array [3, H, W], got rank {getattr(image, 'ndim', type(image).__name__)}")
@@ -123,7 +125,7 @@ class OnnxDetector:
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``image [3, H, W]`` floats in 0..1 -> ``boxes [N, 4]``, ``scores [N]``, ``labels [N]`` (category ids)."""
-        check_image(image, self.static)
+        check_graph_input(image, self.static)
         boxes, scores, labels = self.run(np.ascontiguousarray(image, dtype=np.float32))
         return boxes, scores, labels
 

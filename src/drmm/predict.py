@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image_files import (IMAGE_EXTENSIONS, collect_images, load_rgb, out_stem,  # noqa: F401
-                          readable_images, write_record)
+from .image_files import collect_images, load_rgb, out_stem, readable_images, write_record
 from .models import detector_from_checkpoint
 from .plotting import draw_detections, save_image_png
 

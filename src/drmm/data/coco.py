@@ -219,10 +219,6 @@ class CocoDetection(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
-    def label_to_cat_id(self, label: int) -> int:
-        """Contiguous label (0..C-1) -> the dataset's category id."""
-        return self.cat_ids[int(label)]
-
     def cat_id_to_label(self, cat_id: int) -> int:
         """Dataset category id -> contiguous label (0..C-1)."""
         return self._cat_to_label[int(cat_id)]

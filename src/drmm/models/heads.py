@@ -61,12 +61,28 @@ class _Head(nn.Module):
     def reset_parameters(self) -> None:
         """The head's own initialisation, applied after the decoder's Xavier init."""
 
+    def decode(self, offsets: Tensor, proposals: Tensor) -> Tensor:
+        """Boxes ``[B, K, 4]`` xyxy px: the proposals ``[B, K, 4]`` moved by the first 4 box outputs ``[B, K, 4]``
+        (Sparse R-CNN's update; AdaMixer moves its boxes itself)."""
+        raise NotImplementedError
+
+    def output(self, proposals: Tensor, boxes: Tensor, cls: Tensor, reg: Tensor, features: Tensor) -> StageOutput:
+        """The stage's :class:`~drmm.structures.StageOutput` from proposals and boxes ``[B, K, 4]``, the raw
+        class outputs ``[B, K, C + extra_class_outputs]``, box outputs ``[B, K, box_outputs]`` and the
+        proposal features ``[B, K, D]``."""
+        raise NotImplementedError
+
     def scores(self, stage: StageOutput) -> Tensor:
         """``[B, K, C]`` confidence of each (component, class) pair; 0 for components top-k pruning dropped."""
         scores = self.pair_scores(stage)
         return scores if stage.kept is None else scores * stage.kept[..., None]
 
     def pair_scores(self, stage: StageOutput) -> Tensor:
+        """``[B, K, C]`` confidence of each (proposal, class) pair, ignoring pruning."""
+        raise NotImplementedError
+
+    def ranking(self, stage: StageOutput) -> Tensor:
+        """``[B, K]`` the score that ranks proposals when the decoder keeps only the top ones."""
         raise NotImplementedError
 
 
