@@ -69,7 +69,7 @@ def test_every_input_kind_gives_drmm_predicts_detections(model, picture, ckpt, t
 
     code, _, err = run_cli("predict", path, "--weights", ckpt, "--out", tmp_path, "--threshold", 0)
     assert code == 0, err
-    record = json.loads((tmp_path / "photo.json").read_text())  # an independent path: the command's file
+    record = json.loads((tmp_path / "photo.json").read_text())  # the command writes what the object finds
     np.testing.assert_allclose(by_path.boxes, record["boxes"], atol=0.006)  # the JSON rounds to 0.01 px
     np.testing.assert_allclose(by_path.scores, record["scores"], atol=6e-5)
     assert by_path.category_ids.tolist() == record["labels"] and by_path.class_names == record["names"]

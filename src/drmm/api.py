@@ -35,8 +35,7 @@ from PIL import Image
 from .config import Config, apply_overrides, load_config, packaged_config
 from .engine.checkpoint import atomic_save, make_checkpoint
 from .image_files import as_rgb, load_rgb
-from .models import build_detector, detector_from_checkpoint
-from .predict import checkpoint_classes
+from .models import build_detector, checkpoint_classes, detector_from_checkpoint
 
 ACCEPTED = ("an image file path (str or pathlib.Path), a PIL.Image.Image, a numpy uint8 array [H, W, 3] (RGB), "
             "a torch float tensor [3, H, W] in 0..1, or a list of these")

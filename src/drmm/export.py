@@ -270,7 +270,7 @@ def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
     (:func:`verify_export`); a graph that disagrees is deleted and an error raised.
     """
     from .models.build import detector_from_checkpoint
-    from .predict import checkpoint_classes
+    from .models.build import checkpoint_classes
 
     if half:
         raise ValueError("--half is not supported: export float32 and choose the precision when running it "

@@ -8,7 +8,9 @@ scoring >= ``threshold`` drawn in the paper's colours) and ``OUT/<stem>.json``::
      "scores": [...], "labels": [...],   # dataset category ids (checkpoint "cat_ids")
      "names": [...]}                     # class names
 
-Images are read with :func:`drmm.data.load_rgb` (EXIF rotation, any PIL mode).
+Images are read with :func:`drmm.data.load_rgb` (EXIF rotation, any PIL mode) and
+detected by :meth:`drmm.DRMM.predict`, the one path from an image to detections that
+the Python object and this command share.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .image_files import collect_images, load_rgb, out_stem, readable_images, write_record
-from .models import detector_from_checkpoint
+from .api import DRMM
+from .image_files import collect_images, out_stem, readable_images, write_record
 from .plotting import draw_detections, save_image_png
 
 logger = logging.getLogger("drmm.predict")
@@ -34,16 +36,6 @@ def _enlarged(image: torch.Tensor, det: dict, min_side: int) -> tuple[torch.Tens
         return image, det
     big = image.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     return big, {**det, "boxes": det["boxes"] * factor}
-
-
-def checkpoint_classes(model, ckpt: dict) -> tuple[list[str], list[int]]:
-    """``(class names, dataset category ids)`` of a checkpoint's classes 0..C-1 (ids as names when unnamed)."""
-    num_classes = model.cfg.model.num_classes
-    cat_ids = [int(c) for c in (ckpt.get("cat_ids") or range(num_classes))]
-    names = ckpt.get("class_names") or model.cfg.class_names
-    if not names or len(names) != num_classes:
-        names = [str(c) for c in cat_ids]
-    return list(names), cat_ids
 
 
 def predict(
@@ -68,10 +60,7 @@ def predict(
     files = collect_images(inputs, recursive)
     if not files:
         raise FileNotFoundError("no input images given")
-    dev = torch.device(device)
-    model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
-    model.optimize_for_inference().to(dev)
-    names, cat_ids = checkpoint_classes(model, ckpt)
+    model = DRMM.from_checkpoint(weights, device=device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -80,19 +69,19 @@ def predict(
     outputs: list[Path] = []
     total = 0
     for path, pil in readable_images(files, skipped, progress):
+        found = model.predict(pil)[0]  # every top-k detection; those >= threshold are drawn and saved
+        det = {"boxes": torch.from_numpy(found.boxes), "scores": torch.from_numpy(found.scores),
+               "labels": torch.from_numpy(found.labels)}
+        keep = found.scores >= threshold
         image = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
-        with torch.inference_mode():
-            det = model([image.to(dev).float() / 255])[0]
-        det = {k: v.cpu() for k, v in det.items()}
-        keep = det["scores"] >= threshold
-        boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep].tolist()
         stem = out_stem(path, used)
-        drawn = draw_detections(*_enlarged(image, det, min_side), names, threshold=threshold)
+        drawn = draw_detections(*_enlarged(image, det, min_side), model.class_names, threshold=threshold)
         save_image_png(drawn, out_dir / f"{stem}.png")
-        write_record(out_dir, stem, path, tuple(image.shape[1:]), threshold, boxes.tolist(), scores.tolist(),
-                     [cat_ids[lab] for lab in labels], [names[lab] for lab in labels])
+        write_record(out_dir, stem, path, tuple(image.shape[1:]), threshold, found.boxes[keep].tolist(),
+                     found.scores[keep].tolist(), found.category_ids[keep].tolist(),
+                     [n for n, k in zip(found.class_names, keep) if k])
         outputs.append(out_dir / f"{stem}.png")
-        total += len(labels)
+        total += int(keep.sum())
     if not outputs:
         raise RuntimeError(f"none of the {len(files)} images could be read (e.g. {skipped[0]})")
     if skipped:

@@ -128,3 +128,13 @@ def detector_from_checkpoint(path: str | Path, map_location: str | torch.device 
     # needs; the averaged ones are the trained model (validation and best.pt used them).
     model.load_state_dict(ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"])
     return model.eval(), ckpt
+
+
+def checkpoint_classes(model, ckpt: dict) -> tuple[list[str], list[int]]:
+    """``(class names, dataset category ids)`` of a checkpoint's classes 0..C-1 (ids as names when unnamed)."""
+    num_classes = model.cfg.model.num_classes
+    cat_ids = [int(c) for c in (ckpt.get("cat_ids") or range(num_classes))]
+    names = ckpt.get("class_names") or model.cfg.class_names
+    if not names or len(names) != num_classes:
+        names = [str(c) for c in cat_ids]
+    return list(names), cat_ids
