@@ -12,7 +12,7 @@ from .common import add_set_option, print_metrics
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="generate data, train the CPU recipe, evaluate, draw predictions")
     p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--config", help="training recipe (default: the packaged demo.yaml, AdaMixer sized for ~5 min "
+    p.add_argument("--config", help="training recipe (default: the packaged demo.yaml, AdaMixer sized for 5-8 min "
                    "on 2 CPU cores; configs/demo_cpu.yaml is the Sparse R-CNN one)")
     add_set_option(p, help=None)
     p.set_defaults(func=run)
