@@ -53,16 +53,21 @@ def named_on_command_line(overrides: list[str], key: str) -> bool:
     return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``, else the platform's word for it)."""
+def _cpuinfo(prefixes: tuple[str, ...]) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line starting with one of ``prefixes`` (None without one)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith(("model name", "Model")) and ":" in line:
+                if line.startswith(prefixes) and ":" in line:
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else the platform's word for it)."""
+    return _cpuinfo(("model name", "Model")) or platform.processor() or platform.machine() or "unknown"
 
 
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "asimd", "sve", "bf16")
@@ -70,15 +75,8 @@ _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "a
 
 def cpu_flags() -> list[str]:
     """The instruction-set flags that matter for speed (``/proc/cpuinfo``; empty where it has none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")) and ":" in line:
-                    have = set(line.split(":", 1)[1].split())
-                    return [flag for flag in _FLAGS if flag in have]
-    except OSError:
-        pass
-    return []
+    have = set((_cpuinfo(("flags", "Features")) or "").split())
+    return [flag for flag in _FLAGS if flag in have]
 
 
 def _version(package: str) -> str:

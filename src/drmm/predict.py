@@ -69,11 +69,12 @@ def predict(
     outputs: list[Path] = []
     total = 0
     for path, pil in readable_images(files, skipped, progress):
-        found = model.predict(pil)[0]  # every top-k detection; those >= threshold are drawn and saved
+        pixels = np.array(pil, dtype=np.uint8)  # decoded once: detected and drawn
+        found = model.predict(pixels)[0]  # every top-k detection; those >= threshold are drawn and saved
         det = {"boxes": torch.from_numpy(found.boxes), "scores": torch.from_numpy(found.scores),
                "labels": torch.from_numpy(found.labels)}
         keep = found.scores >= threshold
-        image = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
         stem = out_stem(path, used)
         drawn = draw_detections(*_enlarged(image, det, min_side), model.class_names, threshold=threshold)
         save_image_png(drawn, out_dir / f"{stem}.png")
