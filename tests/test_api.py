@@ -14,8 +14,7 @@ from drmm import DRMM, Detections, build_detector, detector_from_checkpoint
 from drmm.config import save_config
 from drmm.data import generate_synthetic
 from drmm.data.synthetic import CLASS_NAMES
-from drmm.engine.checkpoint import atomic_save, make_checkpoint
-from drmm.models import load_checkpoint
+from drmm.checkpoints import atomic_save, load_checkpoint, make_checkpoint
 
 CAT_IDS = [5, 11, 42, 60, 99]  # non-contiguous dataset ids for the 5 synthetic classes
 NAMES = ["c5", "c11", "c42", "c60", "c99"]

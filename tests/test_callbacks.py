@@ -10,9 +10,9 @@ from torch import nn
 from drmm.config import load_config
 from drmm.data import generate_synthetic
 from drmm.engine.callbacks import EMA, EarlyStopping, build_callbacks
-from drmm.engine.checkpoint import atomic_save, make_checkpoint
+from drmm.checkpoints import atomic_save, detector_from_checkpoint, load_checkpoint, make_checkpoint
 from drmm.engine.train import DataPaths, train
-from drmm.models import build_detector, detector_from_checkpoint, load_checkpoint
+from drmm.models import build_detector
 
 
 @pytest.fixture(scope="module")

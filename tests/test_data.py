@@ -234,7 +234,7 @@ def test_train_reports_an_undecodable_image_in_one_line(late_failure, tmp_path):
 
 def test_eval_takes_the_data_options(late_failure, tmp_path):
     from drmm import build_detector
-    from drmm.engine.checkpoint import atomic_save, make_checkpoint
+    from drmm.checkpoints import atomic_save, make_checkpoint
 
     cfg = tiny_config(min_size=64, max_size=64)
     atomic_save(make_checkpoint(build_detector(cfg), cfg.to_dict(), ["c5", "c11", "c42"], [5, 11, 42]), tmp_path / "m.pt")

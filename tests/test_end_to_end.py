@@ -8,7 +8,7 @@ from helpers import run_cli, tiny_config
 
 from drmm.config import save_config
 from drmm.data import generate_synthetic
-from drmm.models import load_checkpoint
+from drmm.checkpoints import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_train_cli_errors_name_the_problem(tmp_path):
 def test_check_class_mapping_compares_ids_or_the_class_count():
     from types import SimpleNamespace
 
-    from drmm.data import check_class_mapping
+    from drmm.checkpoints import check_class_mapping
 
     ds = SimpleNamespace(cat_ids=[7, 13, 42], ann_file="val.json")
     check_class_mapping(ds, {"cat_ids": [7, 13, 42]}, 3, "a.pt")

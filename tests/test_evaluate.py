@@ -18,7 +18,7 @@ from drmm.bench import benchmark
 from drmm.cli import register
 from drmm.config import save_config
 from drmm.data import CocoDetection, generate_synthetic
-from drmm.engine.checkpoint import atomic_save, make_checkpoint
+from drmm.checkpoints import atomic_save, make_checkpoint
 from drmm.evaluation import METRIC_NAMES, evaluate, run_inference
 from drmm.predict import predict
 

@@ -23,7 +23,7 @@ pytest.importorskip("onnxscript", reason="pip install 'drmm[export]'")
 
 from drmm import build_detector, detector_from_checkpoint  # noqa: E402
 from drmm.config import Config, load_config  # noqa: E402
-from drmm.engine.checkpoint import atomic_save, make_checkpoint  # noqa: E402
+from drmm.checkpoints import atomic_save, make_checkpoint  # noqa: E402
 from drmm.onnx_predict import OnnxDetector, check_graph_input  # noqa: E402
 
 CAT_IDS = [3, 7, 11]

@@ -16,7 +16,7 @@ from drmm.config import DataConfig, save_config
 from drmm.data import CocoDetection, DetectionDataset, UnreadableImageError, build_dataset
 from drmm.data.formats import dataset_split, detect_format, resolve_split, split_format, training_splits
 from drmm.engine.train import DataPaths
-from drmm.models import load_checkpoint
+from drmm.checkpoints import load_checkpoint
 
 SIZES = {"train": {"a": (64, 48), "b": (32, 32), "c": (40, 20)}, "val": {"v": (48, 48)}}
 """YOLO test images (w, h); c has no label file."""

@@ -11,10 +11,10 @@ from released_reference import released_shapes, released_state
 from test_convert_mmdet import SMALL, small_config
 
 from drmm.config import save_config
-from drmm.engine.checkpoint import atomic_save, make_checkpoint
-from drmm.engine.init_from import init_model
-from drmm.models import build_detector, load_checkpoint
-from drmm.models.partial_load import UnplaceableError
+from drmm.checkpoints import atomic_save, load_checkpoint, make_checkpoint
+from drmm.checkpoints.init_from import init_model
+from drmm.models import build_detector
+from drmm.checkpoints.partial import UnplaceableError
 
 SOURCE, TARGET = ["a", "b", "c"], ["c", "x", "a"]  # c and a shared, x new, b unused
 LEADING = {"drmm": 1, "hungarian": 0}  # class outputs before the class logits (heads.py)

@@ -137,7 +137,7 @@ def test_top_k_post_processing_against_a_sort_of_all_pairs():
 
 
 def test_old_checkpoint_keys_are_remapped():
-    from drmm.models.build import remap_state_dict
+    from drmm.checkpoints import remap_state_dict
 
     old = {"decoder.stages.3.cls_out.weight": 1, "decoder.stages.0.reg_tower.2.bias": 2,
            "decoder.stages.1.dynamic_conv.out.weight": 3, "backbone.body.conv1.weight": 4}

@@ -19,7 +19,7 @@ from drmm.data import generate_synthetic
 from drmm.engine.distributed import sync_batchnorm
 from drmm.engine.schedule import lr_factor
 from drmm.engine.train import DataPaths, train
-from drmm.models import load_checkpoint
+from drmm.checkpoints import load_checkpoint
 
 PAPER = ["drmm_r50.yaml", "drmm_r101.yaml", "drmm_swin_t.yaml", "drmm_adamixer_r50.yaml",
          "drmm_adamixer_r101.yaml", "drmm_adamixer_swin_t.yaml"]

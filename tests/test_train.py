@@ -17,7 +17,7 @@ from drmm.engine.runlog import cut_log
 from drmm.engine.sampling import EpochBatchSampler, SeededSamples
 from drmm.engine.schedule import lr_factor
 from drmm.engine.train import DataPaths, Trainer, train
-from drmm.models import load_checkpoint
+from drmm.checkpoints import load_checkpoint
 
 
 @pytest.fixture(scope="module")

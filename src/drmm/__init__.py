@@ -6,7 +6,7 @@ import importlib
 __version__ = "0.2.0"
 
 _EXPORTS = {"Config": "config", "load_config": "config", "mixture_losses": "mixture",
-            "build_detector": "models", "detector_from_checkpoint": "models", "DRMM": "api", "Detections": "api"}
+            "build_detector": "models", "detector_from_checkpoint": "checkpoints", "DRMM": "api", "Detections": "api"}
 __all__ = [*_EXPORTS, "__version__"]
 
 

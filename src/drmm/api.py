@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .checkpoints import atomic_save, check_class_mapping, checkpoint_classes, detector_from_checkpoint, make_checkpoint
 from .config import Config, apply_overrides, load_config, packaged_config
-from .engine.checkpoint import atomic_save, make_checkpoint
 from .image_files import as_rgb, load_rgb
-from .models import build_detector, checkpoint_classes, detector_from_checkpoint
+from .models import build_detector
 
 ACCEPTED = ("an image file path (str or pathlib.Path), a PIL.Image.Image, a numpy uint8 array [H, W, 3] (RGB), "
             "a torch float tensor [3, H, W] in 0..1, or a list of these")
@@ -319,7 +319,7 @@ class DRMM:
         detections.json, calibration.json and the figures there (None: nothing written).
         ``set``: ``data.*`` options, as ``drmm eval --set``. The dataset's category ids must be the model's.
         """
-        from .data import build_dataset, check_class_mapping
+        from .data import build_dataset
         from .evaluation import evaluate
 
         other = [s for s in set if not s.strip().startswith("data.")]

@@ -12,7 +12,7 @@ config selects the released forward pass (:data:`RELEASED_FORWARD`) and which
 carries the class names of ``meta.CLASSES`` (COCO's 80 when absent) and their
 category ids: from a COCO annotation file whose category names match, COCO's ids
 (1..90 with gaps) for COCO's classes, 1..N otherwise. The key map and the file
-reading live in :mod:`drmm.models.mmdet_keys` (``train.init_from`` reads the same files).
+reading live in :mod:`drmm.checkpoints.mmdet` (``train.init_from`` reads the same files).
 """
 from __future__ import annotations
 
@@ -23,14 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import __version__
+from .checkpoints import atomic_save, make_checkpoint
+from .checkpoints.mmdet import (COCO_CATEGORY_IDS, COCO_CLASSES, load_released, released_class_names,
+                                released_to_drmm_key, resnet_depth)
+from .checkpoints.partial import class_tensors, map_class_rows
 from .config import Config, load_config
 from .data.annotations import load_annotations
-from .engine.checkpoint import atomic_save
 from .models import build_detector
-from .models.mmdet_keys import (COCO_CATEGORY_IDS, COCO_CLASSES, load_released, released_class_names,
-                                released_to_drmm_key, resnet_depth)
-from .models.partial_load import class_tensors, map_class_rows
 
 __all__ = ["COCO_CATEGORY_IDS", "COCO_CLASSES", "RELEASED_FORWARD", "Conversion", "LayoutError", "category_ids",
            "convert_mmdet", "convert_state_dict", "load_released", "released_config", "released_to_drmm_key"]
@@ -164,10 +163,9 @@ def convert_mmdet(checkpoint: str | Path, config: str | Path | Config, out: str 
                           f"checkpoint's backbone looks like {depth}): {e}") from None
     for key, leading in class_tensors(model).items():
         state[key] = map_class_rows(state[key], state[key], list(classes), names, leading)
-    ckpt = {"model": {k: state[k] for k in target}, "config": cfg.to_dict(), "class_names": names,
-            "cat_ids": ids, "version": __version__,
-            "converted_from": {"file": Path(checkpoint).name, "format": "MMDetection 2.12 D-RMM (lhj815/D-RMM)",
-                               "mmdet_version": str(meta.get("mmdet_version", "unknown"))}}
+    ckpt = make_checkpoint({k: state[k] for k in target}, cfg.to_dict(), names, ids, converted_from={
+        "file": Path(checkpoint).name, "format": "MMDetection 2.12 D-RMM (lhj815/D-RMM)",
+        "mmdet_version": str(meta.get("mmdet_version", "unknown"))})
     atomic_save(ckpt, out)
     ids_from = str(ann) if ann is not None else "COCO" if tuple(classes) == COCO_CLASSES else "1..N"
     return Conversion(Path(out), len(state), cfg.model.backbone, ignored, changed, names, ids, ids_from)

@@ -269,8 +269,7 @@ def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
     ``verify``: run the written graph once with onnxruntime against PyTorch
     (:func:`verify_export`); a graph that disagrees is deleted and an error raised.
     """
-    from .models.build import detector_from_checkpoint
-    from .models.build import checkpoint_classes
+    from .checkpoints import checkpoint_classes, detector_from_checkpoint
 
     if half:
         raise ValueError("--half is not supported: export float32 and choose the precision when running it "

@@ -54,7 +54,8 @@ def bench_dtypes(text: str | None, dev: torch.device) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from ..bench import benchmark
-    from ..models import build_detector, count_parameters, detector_from_checkpoint
+    from ..checkpoints import detector_from_checkpoint
+    from ..models import build_detector, count_parameters
 
     dev = device(args.device)
     if args.threads:

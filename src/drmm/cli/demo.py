@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
     from ..engine.train import DataPaths, train
     from ..hardware import named_on_command_line
-    from ..models import detector_from_checkpoint
+    from ..checkpoints import detector_from_checkpoint
     from ..predict import predict
 
     t0 = time.time()

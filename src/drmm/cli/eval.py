@@ -28,9 +28,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import build_dataset, check_class_mapping
+    from ..data import build_dataset
     from ..evaluation import evaluate, format_diagnostics_table, format_metrics_table, format_nms_sweep_table
-    from ..models import detector_from_checkpoint
+    from ..checkpoints import check_class_mapping, detector_from_checkpoint
 
     dev = device(args.device)
     data_cfg = data_options(args.overrides)

@@ -1,5 +1,5 @@
 """Data layer: COCO, YOLO and VOC datasets (served as COCO), the training augmentation, a synthetic set."""
-from .coco import CocoDetection, build_dataset, check_class_mapping, collate_fn
+from .coco import CocoDetection, build_dataset, collate_fn
 from .formats import FORMATS, detect_format
 from .images import UnreadableImageError, check_image, load_rgb
 from .protocol import DetectionDataset
@@ -15,7 +15,6 @@ __all__ = [
     "UnreadableImageError",
     "build_dataset",
     "build_transforms",
-    "check_class_mapping",
     "check_image",
     "collate_fn",
     "detect_format",

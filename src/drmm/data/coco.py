@@ -22,8 +22,8 @@ raises ``UnreadableImageError`` at access, a one-line message also from a DataLo
 worker; with ``skip_unreadable=True`` it is logged, counted (in that process) and
 the next readable image is returned, so an epoch never dies on one bad file.
 
-:func:`check_class_mapping` checks that a dataset's categories are the ones a
-checkpoint was trained on (``drmm eval``, ``drmm reproduce``).
+(Whether a dataset's categories are the ones a checkpoint was trained on:
+:func:`drmm.checkpoints.check_class_mapping`.)
 """
 from __future__ import annotations
 
@@ -306,20 +306,3 @@ def build_dataset(cfg: DataConfig, ann_file: str | Path, image_dir: str | Path,
 def collate_fn(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
     """Batch as two lists (images differ in size; the model pads them)."""
     return [b[0] for b in batch], [b[1] for b in batch]
-
-
-def check_class_mapping(dataset: CocoDetection, ckpt: dict, num_classes: int, weights: str | Path) -> None:
-    """The dataset's categories must be the ones the checkpoint was trained on.
-
-    ``ckpt`` is the loaded checkpoint (its ``cat_ids``, when saved, must equal the
-    dataset's); without saved ids only the number of classes is compared with
-    ``num_classes``. ``weights`` names the checkpoint in the error message.
-    """
-    ckpt_ids = ckpt.get("cat_ids")
-    if ckpt_ids:
-        if [int(c) for c in ckpt_ids] != [int(c) for c in dataset.cat_ids]:
-            raise ValueError(f"{dataset.ann_file}: category ids {list(dataset.cat_ids)} differ from those the "
-                             f"checkpoint {weights} was trained on {list(ckpt_ids)}")
-    elif len(dataset.cat_ids) != num_classes:
-        raise ValueError(f"{dataset.ann_file} has {len(dataset.cat_ids)} categories but the model in "
-                         f"{weights} predicts {num_classes} classes")

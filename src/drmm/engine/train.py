@@ -26,18 +26,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..checkpoints import atomic_save, load_checkpoint, restore_training_state, training_checkpoint
+from ..checkpoints.init_from import init_model
 from ..config import Config, save_config
 from ..data import UnreadableImageError, build_dataset, build_transforms, collate_fn
 from ..data.formats import training_splits
 from ..evaluation.coco import coco_evaluate, to_coco_results
 from ..evaluation.inference import run_inference
 from ..hardware import resolve_amp
-from ..models import build_detector, load_checkpoint
+from ..models import build_detector
 from ..plotting import loss_curve
 from .callbacks import EMA, build_callbacks
-from .checkpoint import atomic_save, restore_training_state, training_checkpoint
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
-from .init_from import init_model
 from .runlog import append_row, cut_log
 from .sampling import EpochBatchSampler, SeededSamples, TaggedBatches, loader_workers
 from .schedule import lr_factor

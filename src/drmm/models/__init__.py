@@ -1,5 +1,5 @@
 """Detector architectures: backbones, proposals, decoders, heads and the model that ties them."""
-from .build import build_detector, checkpoint_classes, count_parameters, detector_from_checkpoint, load_checkpoint
+from .build import build_detector, count_parameters
 from .detector import Detector
 
 __all__ = ["Detector", "build_detector", "checkpoint_classes", "count_parameters", "detector_from_checkpoint", "load_checkpoint"]

@@ -1,18 +1,15 @@
-"""Builders: a :class:`Detector` from a config, or from a checkpoint (old layouts remapped).
+"""Builders: a :class:`Detector` from a config (from a checkpoint: :mod:`drmm.checkpoints`).
 
 This is the one place that reads :class:`~drmm.config.ModelConfig`; the modules
 are handed the values they use.
 """
 from __future__ import annotations
 
-import re
 from functools import partial
-from pathlib import Path
 
-import torch
 from torch import nn
 
-from ..config import Config, ModelConfig, with_legacy_values
+from ..config import Config, ModelConfig
 from ..objectives import build_objective
 from .adamixer import AdaMixerDecoder, AdaMixerStage
 from .backbone import LEVELS, build_backbone, default_neck
@@ -86,55 +83,3 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
-
-
-_OLD_HEAD_KEY = re.compile(r"^(decoder\.stages\.\d+\.)(cls_tower|reg_tower|cls_out|reg_out)\.")
-
-
-def remap_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys of checkpoints written before the heads became modules (drmm 0.1.0) in today's layout.
-
-    ``decoder.stages.N.cls_out.weight`` -> ``decoder.stages.N.head.cls_out.weight`` (and the
-    towers, ``reg_out``); every other key is unchanged.
-    """
-    return {_OLD_HEAD_KEY.sub(r"\1head.\2.", k): v for k, v in state.items()}
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a drmm checkpoint with ``weights_only=True`` and check its contents."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise RuntimeError(f"cannot load checkpoint {path}: {e}") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise RuntimeError(f"{path} is not a drmm checkpoint (needs 'model' and 'config' entries)")
-    ckpt["model"] = remap_state_dict(ckpt["model"])
-    if isinstance(ckpt.get("ema"), dict):
-        ckpt["ema"] = remap_state_dict(ckpt["ema"])
-    return ckpt
-
-
-def detector_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Detector, dict]:
-    """Rebuild the model saved in a checkpoint (config inside it); returns (model in eval mode, checkpoint)."""
-    ckpt = load_checkpoint(path, map_location)
-    cfg = Config.from_dict(with_legacy_values(ckpt["config"]), f"{path}:config")
-    cfg.model.pretrained = None  # the weights come from the checkpoint
-    model = build_detector(cfg)
-    # The one place checkpoints become models (eval, predict, export, the DRMM object, reproduce): a run
-    # trained with train.ema saves the averaged weights as "ema" next to the raw "model" that --resume
-    # needs; the averaged ones are the trained model (validation and best.pt used them).
-    model.load_state_dict(ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"])
-    return model.eval(), ckpt
-
-
-def checkpoint_classes(model, ckpt: dict) -> tuple[list[str], list[int]]:
-    """``(class names, dataset category ids)`` of a checkpoint's classes 0..C-1 (ids as names when unnamed)."""
-    num_classes = model.cfg.model.num_classes
-    cat_ids = [int(c) for c in (ckpt.get("cat_ids") or range(num_classes))]
-    names = ckpt.get("class_names") or model.cfg.class_names
-    if not names or len(names) != num_classes:
-        names = [str(c) for c in cat_ids]
-    return list(names), cat_ids

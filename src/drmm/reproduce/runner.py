@@ -61,11 +61,11 @@ def _comparable(d: dict) -> dict:
 def run_variant(cfg: Config, name: str, data_dir: Path, vdir: Path, *, device: str | None = None,
                 progress: bool = True) -> None:
     """Train ``cfg`` into ``vdir/run`` (unless a finished run is there) and evaluate ``last.pt`` into ``vdir/eval``."""
-    from ..data import build_dataset, check_class_mapping
+    from ..data import build_dataset
     from ..evaluation import evaluate
     from ..engine.sampling import loader_workers
     from ..engine.train import DataPaths, train
-    from ..models import detector_from_checkpoint
+    from ..checkpoints import check_class_mapping, detector_from_checkpoint
 
     paths = DataPaths.from_dir(data_dir)
     if paths.val_ann is None:

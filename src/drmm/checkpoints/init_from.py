@@ -4,7 +4,7 @@ The source is read with ``torch.load(weights_only=True)`` and recognised by its 
 a drmm checkpoint (``model`` + ``config``; ``convert-mmdet`` writes these too, with
 ``converted_from``) or an MMDetection checkpoint of the authors' code (``state_dict`` +
 ``meta``; keys mapped as ``convert-mmdet`` maps them, class names from
-``meta.CLASSES``). Its tensors are placed by :mod:`drmm.models.partial_load` (class
+``meta.CLASSES``). Its tensors are placed by :mod:`drmm.checkpoints.partial` (class
 outputs mapped by class name). Only weights come over: the run starts at iteration 0
 with a fresh optimizer and schedule. The run folder gets ``init_from.json``; the
 console a table of counts.
@@ -19,10 +19,10 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..models.build import remap_state_dict
-from ..models.mmdet_keys import (COCO_CLASSES, load_weights_only, released_class_names, released_parts,
-                                 released_to_drmm_key, resnet_depth)
-from ..models.partial_load import LoadPlan, UnplaceableError, apply, class_tensors, plan_partial_load
+from .files import remap_state_dict
+from .mmdet import (COCO_CLASSES, load_weights_only, released_class_names, released_parts,
+                    released_to_drmm_key, resnet_depth)
+from .partial import LoadPlan, UnplaceableError, apply, class_tensors, plan_partial_load
 
 KINDS = {"drmm": "drmm checkpoint", "convert-mmdet": "convert-mmdet output", "mmdet": "MMDetection checkpoint"}
 _SHAPE_KEYS = ("architecture", "backbone", "neck", "backbone_norm", "tiny_widths", "neck_channels", "num_proposals",

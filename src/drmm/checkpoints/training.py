@@ -1,47 +1,18 @@
-"""Checkpoints: everything a run needs, written atomically, read with ``weights_only=True``.
+"""A run's state in its checkpoint: what :class:`drmm.engine.train.Trainer` needs to resume exactly.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts::
-
-    {"model": state_dict, "config": Config.to_dict(), "class_names": [...],
-     "cat_ids": [...],            # dataset category id of each contiguous label
-     "version": "0.2.0", "step": int, "epoch": int,
-     # training state (absent in exported weights):
-     "optimizer", "scheduler", "scaler", "rng", "best_metric", ...,
-     # the callbacks' state (drmm.engine.callbacks), where turned on:
-     "ema": state_dict, "ema_updates": int,   # train.ema: the averaged weights (eval / predict load these)
-     "early_stopping": {"best", "bad"}}       # train.patience
+RNG states as ``weights_only``-loadable objects, the optimizer, schedule, scaler,
+counters, and the callbacks' state (:mod:`drmm.engine.callbacks`); the layout is in
+:mod:`drmm.checkpoints`.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .. import __version__
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from .files import make_checkpoint
 
 
 def rng_state() -> dict[str, Any]:
@@ -75,19 +46,6 @@ def _python_state_from_list(s: list) -> tuple:
     version, internal, gauss = s
     return (version, tuple(int(x) for x in internal.tolist()), gauss)
 
-
-def make_checkpoint(model: torch.nn.Module, config: dict, class_names: list[str] | None,
-                    cat_ids: list[int] | None, **extra: Any) -> dict[str, Any]:
-    """The dict saved for a model; ``extra`` adds training state (optimizer, step, ...)."""
-    model = getattr(model, "module", model)  # unwrap DDP
-    return {
-        "model": model.state_dict(),
-        "config": config,
-        "class_names": list(class_names) if class_names else None,
-        "cat_ids": list(cat_ids) if cat_ids else None,
-        "version": __version__,
-        **extra,
-    }
 
 
 def training_checkpoint(trainer: Any, metrics: dict | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The release (repository lhj815/D-RMM) stores ``{"meta", "state_dict", "optimizer"}``;
 every model tensor has a drmm counterpart of the same shape under another name
 (:func:`released_to_drmm_key`). ``drmm convert-mmdet`` (:mod:`drmm.convert_mmdet`) and
-``train.init_from`` (:mod:`drmm.engine.init_from`) read such files through
+``train.init_from`` (:mod:`drmm.checkpoints.init_from`) read such files through
 :func:`load_released`, with ``torch.load(weights_only=True)`` only.
 """
 from __future__ import annotations

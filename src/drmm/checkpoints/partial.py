@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from .heads import HEADS
+from ..models.heads import HEADS
 
 _SHOWN = 20  # entries of each kind listed in an error
 _OPTIONAL = "num_batches_tracked"
