@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[test,export,openvino]'
+	$(PY) -m pip install -e '.[test,export,openvino,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

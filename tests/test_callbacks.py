@@ -60,7 +60,7 @@ def test_ema_update_matches_the_formula():
 
 def test_build_callbacks_follows_the_config():
     cfg = tiny_config(num_classes=2)
-    assert build_callbacks(cfg, nn.Linear(1, 1)) == []  # off by default
+    assert build_callbacks(cfg, nn.Linear(1, 1)) == []  # off by default (no run folder: no run log)
     cfg.train.ema, cfg.train.patience = True, 3
     kinds = [type(c) for c in build_callbacks(cfg, nn.Linear(1, 1))]
     assert kinds == [EMA, EarlyStopping]

@@ -130,6 +130,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: int = 2000  # optimizer steps over which the decay ramps up
     patience: int = 0  # early stopping: stop after N validations without a better AP (0 = off)
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard/ (pip install 'drmm[tensorboard]')
 
 
 @dataclass

@@ -1,20 +1,30 @@
 """Callbacks of the Trainer: the work around the loop that a config turns on (issue 24).
 
-A :class:`Callback` gets ``on_step_end`` after each iteration and ``on_validation``
-after each validation during training (rank 0; returning True stops the run, with
-``stop_reason`` logged); ``state_dict`` entries go into every checkpoint (top-level
-keys) and come back through ``load_state_dict`` on ``--resume``, so a resumed run
-continues exactly. :func:`build_callbacks` makes the list from ``cfg.train``.
+A :class:`Callback` gets ``on_step_end`` after each iteration, ``on_log`` for each
+row of the run's log (rank 0: ``{"type": "train" | "val" | "stop", "step", ...}``),
+``on_validation`` after each validation during training (rank 0; returning True stops
+the run, with ``stop_reason`` logged), ``on_resume`` after ``--resume`` restored the
+state and ``on_fit_end`` when training is over. ``state_dict`` entries go into every
+checkpoint (top-level keys) and come back through ``load_state_dict`` on ``--resume``,
+so a resumed run continues exactly. :func:`build_callbacks` makes the list from
+``cfg.train``: the run log (``log.jsonl`` + ``loss.png``, always on rank 0), EMA,
+early stopping, TensorBoard.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+
+from ..plotting import loss_curve, reliability_diagram
+from .runlog import append_row, cut_log
 
 logger = logging.getLogger("drmm.train")
 
@@ -28,8 +38,19 @@ class Callback:
         """After each iteration; ``row`` is None where the optimizer did not step (non-finite or fp16 overflow)."""
 
     def on_validation(self, trainer: Any, metrics: dict[str, float]) -> bool:
-        """After a validation during training (rank 0); True: stop training (final eval and checkpoint follow)."""
+        """After a validation during training (rank 0); True: stop training (final eval and checkpoint follow).
+
+        ``trainer.val_calibration`` holds the validation's calibration summary (bins for the figures)."""
         return False
+
+    def on_log(self, trainer: Any, row: dict[str, Any]) -> None:
+        """Each row of the run's log, as written to ``log.jsonl`` (rank 0)."""
+
+    def on_resume(self, trainer: Any) -> None:
+        """After ``--resume`` restored the model, optimizer and callbacks (rank 0); ``trainer.step`` is the checkpoint's."""
+
+    def on_fit_end(self, trainer: Any) -> None:
+        """Training is over, the final validation and checkpoint written (rank 0)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Top-level checkpoint entries (tensors, numbers, strings: ``weights_only``-loadable)."""
@@ -109,10 +130,89 @@ class EarlyStopping(Callback):
         self.best, self.bad = float(state.get("best", -math.inf)), int(state.get("bad", 0))
 
 
-def build_callbacks(cfg: Any, model: nn.Module) -> list[Callback]:
-    """The callbacks ``cfg.train`` turns on: EMA (``train.ema``), early stopping (``train.patience``)."""
+class RunLog(Callback):
+    """``log.jsonl`` (one JSON row per line, :mod:`drmm.engine.runlog`) and its plot ``loss.png``.
+
+    On ``--resume`` the rows past the checkpoint go (the resumed run writes them again)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.plot = out / "log.jsonl", out / "loss.png"
+
+    def on_log(self, trainer: Any, row: dict[str, Any]) -> None:
+        append_row(self.path, row)
+
+    def on_resume(self, trainer: Any) -> None:
+        rows, removed = cut_log(self.path, trainer.step)
+        if removed:
+            logger.info("log.jsonl: removed %d row(s) past iteration %d", removed, trainer.step)
+        trainer.last_val_step = max((r["step"] for r in rows if r.get("type") == "val"), default=-1)
+        self.plot.unlink(missing_ok=True)
+        if rows:
+            loss_curve(self.path, self.plot)
+
+    def on_fit_end(self, trainer: Any) -> None:
+        if self.path.exists():
+            loss_curve(self.path, self.plot)
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in ``RUN/tensorboard/``: every number of every log row, the reliability diagram.
+
+    Scalars are named ``train/<key>`` (loss terms per stage, lr, grad norm, data and step
+    time, memory on GPUs) and ``val/<key>`` (AP..., ECE, LaECE and the other calibration
+    errors); after each validation the D-ECE reliability diagram is an image
+    (``val/reliability``). A resumed run purges the events past its checkpoint.
+    """
+
+    def __init__(self, out: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # torch's writer needs the tensorboard package
+            raise ImportError("train.tensorboard needs the tensorboard package: pip install 'drmm[tensorboard]' "
+                              "(or pip install tensorboard), or turn it off with --set train.tensorboard=false"
+                              ) from e
+        self._make = SummaryWriter
+        self.dir, self.purge_step, self.writer = out / "tensorboard", None, None
+
+    def _writer(self) -> Any:
+        if self.writer is None:
+            self.writer = self._make(log_dir=str(self.dir), purge_step=self.purge_step)
+        return self.writer
+
+    def on_resume(self, trainer: Any) -> None:
+        self.purge_step = trainer.step + 1  # events after the checkpoint are written again
+
+    def on_log(self, trainer: Any, row: dict[str, Any]) -> None:
+        kind = row.get("type", "train")
+        for key, value in row.items():
+            if key not in ("type", "step") and isinstance(value, (int, float)) and math.isfinite(value):
+                self._writer().add_scalar(f"{kind}/{key}", value, row["step"])
+
+    def on_validation(self, trainer: Any, metrics: dict[str, float]) -> bool:
+        cal = getattr(trainer, "val_calibration", None)
+        if cal is not None and cal.d_ece.n:
+            png = self.dir / "reliability.png"
+            reliability_diagram(cal.d_ece, png, f"validation, iteration {trainer.step}", metrics.get("AP"))
+            with Image.open(png) as im:
+                self._writer().add_image("val/reliability", np.asarray(im.convert("RGB")), trainer.step,
+                                         dataformats="HWC")
+        self._writer().flush()
+        return False
+
+    def on_fit_end(self, trainer: Any) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_callbacks(cfg: Any, model: nn.Module, out: Path | None = None) -> list[Callback]:
+    """The callbacks ``cfg.train`` turns on: EMA (``train.ema``), early stopping (``train.patience``), and with
+    ``out`` (the run folder, rank 0 only) the run log and TensorBoard (``train.tensorboard``)."""
     t = cfg.train
     callbacks: list[Callback] = []
+    if out is not None:
+        callbacks.append(RunLog(out))
+        if t.tensorboard:
+            callbacks.append(TensorBoard(out))
     if t.ema:
         callbacks.append(EMA(model, t.ema_decay, t.ema_warmup))
     if t.patience < 0:

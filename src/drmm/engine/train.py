@@ -5,8 +5,8 @@ every sample's augmentation from a generator seeded with (seed, epoch, index)
 (:mod:`drmm.engine.sampling`), so a run is the same with any number of workers;
 checkpoints hold the model, optimizer, scheduler, scaler and RNG states plus the
 position in the epoch, so ``resume`` continues exactly where the run stopped.
-Callbacks (:mod:`drmm.engine.callbacks`: EMA, early stopping) hook into steps,
-validations and checkpoints.
+Callbacks (:mod:`drmm.engine.callbacks`: the run log, EMA, early stopping,
+TensorBoard) hook into steps, log rows, validations, checkpoints and resumes.
 """
 from __future__ import annotations
 
@@ -31,14 +31,12 @@ from ..checkpoints.init_from import init_model
 from ..config import Config, save_config
 from ..data import UnreadableImageError, build_dataset, build_transforms, collate_fn
 from ..data.formats import training_splits
-from ..evaluation.coco import coco_evaluate, to_coco_results
+from ..evaluation.evaluate import score_detections
 from ..evaluation.inference import run_inference
 from ..hardware import resolve_amp
 from ..models import build_detector
-from ..plotting import loss_curve
 from .callbacks import EMA, build_callbacks
 from .distributed import init_distributed, on_any_rank, on_every_rank, shutdown_distributed, sync_batchnorm
-from .runlog import append_row, cut_log
 from .sampling import EpochBatchSampler, SeededSamples, TaggedBatches, loader_workers
 from .schedule import lr_factor
 
@@ -124,13 +122,15 @@ class Trainer:
         if self.amp_dtype is torch.float16 and self.device.type != "cuda":
             raise ValueError("train.amp=fp16 needs a GPU; on the CPU pass --set train.amp=bf16 (or none)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype is torch.float16)
-        self.callbacks = build_callbacks(cfg, self.model)  # EMA (train.ema), early stopping (train.patience)
+        # the run log (rank 0), TensorBoard (train.tensorboard, rank 0), EMA (train.ema), early stopping (train.patience)
+        self.callbacks = build_callbacks(cfg, self.model, self.out if self.is_main else None)
         self.ema = next((c for c in self.callbacks if isinstance(c, EMA)), None)
 
         self.loader: DataLoader | None = None
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
         self.last_val_step = -1  # the step of the last "val" row in log.jsonl
+        self.val_calibration = None  # the last validation's calibration summary (callbacks draw it)
         self.stopping = False  # a callback asked to stop (early stopping)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -152,23 +152,14 @@ class Trainer:
                                "another --out, without --resume)")
         restore_training_state(self, ckpt)
         logger.info("resumed from %s at iteration %d", path, self.step)
-        if self.is_main:
-            self._cut_log()
-
-    def _cut_log(self) -> None:
-        """Drop the log rows past the checkpoint (the resumed run writes them again) and redraw loss.png."""
-        rows, removed = cut_log(self.out / "log.jsonl", self.step)
-        if removed:
-            logger.info("log.jsonl: removed %d row(s) past iteration %d", removed, self.step)
-        self.last_val_step = max((r["step"] for r in rows if r.get("type") == "val"), default=-1)
-        (self.out / "loss.png").unlink(missing_ok=True)
-        if rows:
-            loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+        for cb in self.callbacks:  # the run log drops its rows past the checkpoint, TensorBoard its events
+            cb.on_resume(self)
 
     # -- logging
     def _log(self, row: dict[str, Any]) -> None:
         if self.is_main:
-            append_row(self.out / "log.jsonl", row)
+            for cb in self.callbacks:  # log.jsonl, TensorBoard
+                cb.on_log(self, row)
             if row["type"] == "val":
                 self.last_val_step = row["step"]
 
@@ -256,8 +247,8 @@ class Trainer:
             dets, image_ids, _ = run_inference(model, self.val_set, batch_size=self.cfg.train.batch_size,
                                                device=self.device, progress=False)
         self.model.train()
-        results = to_coco_results(dets, image_ids, self.val_set.cat_ids)
-        metrics = coco_evaluate(self.val_set.coco, results, image_ids)
+        metrics, self.val_calibration, _, _ = score_detections(self.val_set.coco, dets, image_ids,
+                                                               self.val_set.cat_ids)
         if self.world > 1:
             dist.barrier()
         return metrics
@@ -303,8 +294,8 @@ class Trainer:
                     self.best = metrics["AP"]
                     self._checkpoint("best.pt", metrics)
             self._checkpoint("last.pt", metrics)
-            if (self.out / "log.jsonl").exists():
-                loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+            for cb in self.callbacks:  # loss.png, TensorBoard's files closed
+                cb.on_fit_end(self)
         return {"step": self.step, "metrics": metrics, "nonfinite_steps": self.nonfinite_total,
                 "seconds": time.time() - start_time}
 

@@ -1,0 +1,94 @@
+"""train.tensorboard (issue 24 item 5): event files written through the callback seam and read back with
+TensorBoard's own reader; a resumed run's events once per step; the missing package is one clear error."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from helpers import tiny_config
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+
+from drmm.config import load_config  # noqa: E402
+from drmm.data import generate_synthetic  # noqa: E402
+from drmm.engine.callbacks import TensorBoard, build_callbacks  # noqa: E402
+from drmm.engine.train import DataPaths, train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate_synthetic(root, 16, 4, seed=0, image_size=64, progress=False)
+    return root
+
+
+def small_cfg(**train):  # as tests/test_callbacks.py
+    cfg = tiny_config(num_classes=5, min_size=64, max_size=64)
+    t = cfg.train
+    t.lr, t.batch_size, t.max_iters, t.warmup_iters = 1e-3, 2, 4, 2
+    t.lr_steps, t.lr_steps_unit, t.num_workers, t.log_interval = [3], "iter", 0, 1
+    t.eval_interval, t.checkpoint_interval, t.interval_unit, t.tensorboard = 0, 0, "iter", True
+    cfg.data.scale = 0.1
+    for k, v in train.items():
+        setattr(t, k, v)
+    return cfg
+
+
+def _events(run):
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def test_every_number_of_the_log_and_the_reliability_diagram(synth, tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(max_iters=4, eval_interval=2), DataPaths.from_dir(synth), run, progress=False)
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    acc = _events(run)
+    tags = set(acc.Tags()["scalars"])
+    checked = 0
+    for row in rows:  # every finite number of every row, at its step, with its value
+        for key, value in row.items():
+            if key in ("type", "step") or not isinstance(value, (int, float)) or value != value:
+                continue
+            tag = f"{row['type']}/{key}"
+            assert tag in tags, tag
+            got = {e.step: e.value for e in acc.Scalars(tag)}
+            assert got[row["step"]] == pytest.approx(value, rel=1e-6, abs=1e-6), tag
+            checked += 1
+    assert checked > 40
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/data_time", "train/step_time", "val/AP", "val/ECE",
+            "val/LaECE"} <= tags
+    assert any(t.startswith("train/nll.") for t in tags) and any(t.startswith("train/mcm.") for t in tags)
+    val_steps = {r["step"] for r in rows if r["type"] == "val"}
+    images = acc.Images("val/reliability")
+    assert images and {im.step for im in images} <= val_steps and images[0].width > 100
+
+
+def test_resume_writes_each_step_once(synth, tmp_path):
+    """Killed after the step-3 checkpoint with events of steps 4-6 written: the resumed run's events replace them."""
+    straight = tmp_path / "a"
+    train(small_cfg(max_iters=6, checkpoint_interval=3), DataPaths.from_dir(synth), straight, progress=False)
+    run = tmp_path / "b"
+    train(small_cfg(max_iters=3, checkpoint_interval=3), DataPaths.from_dir(synth), run, progress=False)
+    shutil.copy(run / "last.pt", tmp_path / "step3.pt")
+    cfg6 = load_config(run / "config.yaml", ["train.max_iters=6"])
+    train(cfg6, DataPaths.from_dir(synth), run, resume=True, progress=False)  # events of steps 4-6
+    shutil.copy(tmp_path / "step3.pt", run / "last.pt")  # as if killed before the later checkpoints
+    train(cfg6, DataPaths.from_dir(synth), run, resume=True, progress=False)
+    want = {e.step: e.value for e in _events(straight).Scalars("train/loss")}
+    got = _events(run).Scalars("train/loss")
+    assert [e.step for e in got] == sorted(want) == [1, 2, 3, 4, 5, 6]  # each step once
+    assert {e.step: e.value for e in got} == pytest.approx(want, rel=1e-6)
+
+
+def test_missing_tensorboard_is_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install 'drmm\[tensorboard\]'"):
+        TensorBoard(tmp_path)
+    with pytest.raises(ImportError, match="train.tensorboard"):
+        build_callbacks(small_cfg(), None, tmp_path)
