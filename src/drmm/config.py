@@ -130,6 +130,7 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: int = 2000  # optimizer steps over which the decay ramps up
     patience: int = 0  # early stopping: stop after N validations without a better AP (0 = off)
+    backbone_lr_factor: float = 1.0  # the backbone's lr = lr x this (fine-tuning: 0.1, as RT-DETR's recipes)
     tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard/ (pip install 'drmm[tensorboard]')
 
 
