@@ -114,3 +114,17 @@ def test_early_stopping_stops_and_says_why(synth, tmp_path, capsys):
     assert (out / "best.pt").is_file() and load_checkpoint(out / "best.pt")["step"] == 1
     last = load_checkpoint(out / "last.pt")
     assert last["step"] == 2 and last["early_stopping"]["bad"] == 1 and last["metrics"]
+
+
+def test_a_resumed_early_stopped_run_stays_stopped(synth, tmp_path):
+    out = tmp_path / "run"
+    cfg = small_cfg(max_iters=6, lr=0.0, eval_interval=1, patience=1)
+    train(cfg, DataPaths.from_dir(synth), out, progress=False)  # stops at step 2
+    resumed = train(load_config(out / "config.yaml", ["train.max_iters=8"]), DataPaths.from_dir(synth), out,
+                    resume=True, progress=False)
+    assert resumed["step"] == 2  # no step more
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert max(r["step"] for r in rows) == 2
+    with_patience = train(load_config(out / "config.yaml", ["train.max_iters=3", "train.patience=5"]),
+                          DataPaths.from_dir(synth), out, resume=True, progress=False)
+    assert with_patience["step"] == 3  # more patience: it goes on

@@ -122,6 +122,13 @@ class EarlyStopping(Callback):
                             f"(train.patience={self.patience}; best AP {self.best:.4f})")
         return self.bad >= self.patience
 
+    def on_resume(self, trainer: Any) -> None:
+        if self.bad >= self.patience:  # the run had stopped early: it stays stopped (final eval and checkpoint)
+            self.stop_reason = (f"early stopping: the resumed run had stopped after {self.bad} validations without "
+                                f"a better AP (train.patience={self.patience}); raise train.patience to go on")
+            trainer.stopping = True
+            logger.warning("%s", self.stop_reason)
+
     def state_dict(self) -> dict[str, Any]:
         return {"early_stopping": {"best": self.best, "bad": self.bad}}
 

@@ -316,7 +316,7 @@ class Trainer:
         """Iterations until ``total_steps`` or the time limit, with the interval work in between."""
         t = self.cfg.train
         deadline = start_time + t.time_limit_minutes * 60 if t.time_limit_minutes else None
-        stopped_early = False
+        stopped_early = self.stopping  # a resumed run that had stopped early (train.patience)
         waited = busy = 0.0  # seconds waiting for batches / in train_step since the last log row
         steps = 0
         while self.step < self.total_steps and not stopped_early:
