@@ -21,11 +21,15 @@ COMMAND_FLAGS = {
               "--resume", "--init-from", "--device", "--no-progress"},
     "demo": {"--out", "--config", "--set"},
     "eval": {"--weights", "--data", "--split", "--ann", "--images", "--out", "--batch-size", "--device", "--workers",
-             "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set"},
+             "--min-score", "--bins", "--diagnostics", "--nms-sweep", "--compile", "--set", "--calibrator",
+             "--raw-scores"},
     "calibration": {"--ann", "--detections", "--names", "--out", "--iou", "--min-score", "--bins", "--laece-bins",
-                    "--matching", "--fit", "--fit-ann", "--method", "--skip-invalid"},
-    "predict": {"--weights", "--onnx", "--runtime", "--precision", "--out", "--threshold", "--device", "--recursive"},
-    "export": {"--weights", "--out", "--opset", "--dynamic", "--static", "--half"},
+                    "--matching", "--fit", "--fit-ann", "--method", "--skip-invalid", "--per-class", "--save"},
+    "calibrate": {"--weights", "--data", "--split", "--ann", "--images", "--method", "--per-class", "--out",
+                  "--batch-size", "--device", "--workers", "--min-score", "--set"},
+    "predict": {"--weights", "--onnx", "--runtime", "--precision", "--out", "--threshold", "--device", "--recursive",
+                "--calibrator", "--raw-scores"},
+    "export": {"--weights", "--out", "--opset", "--dynamic", "--static", "--half", "--calibrator", "--raw-scores"},
     "bench": {"--weights", "--config", "--set", "--size", "--device", "--batch", "--runs", "--warmup", "--dtypes",
               "--threads", "--compile", "--no-optimize"},
     "reproduce": {"--data", "--out", "--budget-minutes", "--iters", "--config", "--set", "--variants", "--seed",
@@ -151,7 +155,8 @@ def _usage_flags(help_text: str) -> set[str]:
 
 
 def test_parser_knows_every_command():
-    commands = "{info,synth,train,demo,eval,calibration,predict,export,bench,reproduce,convert-mmdet,convert-dataset}"
+    commands = ("{info,synth,train,demo,eval,calibration,calibrate,predict,export,bench,reproduce,convert-mmdet,"
+                "convert-dataset}")
     assert commands in build_parser().format_help()
     code, out, _ = run_cli("--help")
     assert code == 0 and commands in out

@@ -72,8 +72,9 @@ def eval_run(data_dir, ckpt):
 def test_eval_writes_metrics_detections_and_figures(eval_run, data_dir):
     out, printed = eval_run
     metrics = json.loads((out / "metrics.json").read_text())
-    assert list(metrics) == [*METRIC_NAMES, "ECE", "LaECE"]
-    assert all(v is None or 0 <= v <= 1 for v in metrics.values())
+    assert list(metrics) == [*METRIC_NAMES, "ECE", "LaECE", "laece_0", "laace_0", "lrp", "lrp_thresholds"]
+    assert all(v is None or 0 <= v <= 1 for k, v in metrics.items() if k != "lrp_thresholds")
+    assert set(metrics["lrp_thresholds"]) <= {str(c) for c in CAT_IDS}
     assert metrics["APl"] is None  # no large objects in 64-pixel images: null, not NaN
     assert metrics["ECE"] is not None and metrics["LaECE"] is not None
     dets = json.loads((out / "detections.json").read_text())

@@ -36,6 +36,7 @@ from .checkpoints import atomic_save, check_class_mapping, checkpoint_classes, d
 from .config import Config, apply_overrides, load_config, packaged_config
 from .image_files import as_rgb, load_rgb
 from .models import build_detector
+from .models.score_calibration import read_calibrator, set_score_calibration
 
 ACCEPTED = ("an image file path (str or pathlib.Path), a PIL.Image.Image, a numpy uint8 array [H, W, 3] (RGB), "
             "a torch float tensor [3, H, W] in 0..1, or a list of these")
@@ -163,13 +164,20 @@ class DRMM:
         self.class_names, self.category_ids = names, ids
         self._inference: torch.nn.Module | None = None
         self._inference_of: tuple | None = None
+        self.calibrator: dict | None = getattr(module.postprocess.score_calibration, "spec", None)
 
     # -- construction
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None) -> "DRMM":
-        """A checkpoint of ``drmm train``, ``drmm convert-mmdet`` or :meth:`save` (config and classes inside)."""
-        module, ckpt = detector_from_checkpoint(path, map_location="cpu")
-        return cls(module, *checkpoint_classes(module, ckpt), device=device, source=Path(path).name)
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
+                        raw_scores: bool = False, calibrator: str | os.PathLike | None = None) -> "DRMM":
+        """A checkpoint of ``drmm train``, ``drmm convert-mmdet``, ``drmm calibrate`` or :meth:`save` (config and
+        classes inside). Scores are calibrated by the checkpoint's calibrator, or by the JSON file ``calibrator``
+        (``drmm calibration --save``); ``raw_scores``: the model's own (:attr:`raw_scores` switches later)."""
+        module, ckpt = detector_from_checkpoint(path, map_location="cpu", calibrator=calibrator)
+        model = cls(module, *checkpoint_classes(module, ckpt), device=device, source=Path(path).name)
+        if raw_scores:
+            model.raw_scores = True
+        return model
 
     @classmethod
     def from_config(cls, config: str | os.PathLike | Config, class_names: Sequence[str],
@@ -192,6 +200,27 @@ class DRMM:
         return cls(build_detector(cfg), names, ids, device=device)
 
     # -- what it holds
+    @property
+    def raw_scores(self) -> bool:
+        """True: the model's own scores; False: calibrated by :attr:`calibrator` (the checkpoint's, or
+        :meth:`set_calibrator`'s). Settable; predict, evaluate and export follow it."""
+        return self._module.postprocess.score_calibration is None
+
+    @raw_scores.setter
+    def raw_scores(self, raw: bool) -> None:
+        if not raw and self.calibrator is None:
+            raise ValueError(f"{self.source} has no calibrator: fit one with drmm calibrate, or set_calibrator(FILE)")
+        set_score_calibration(self._module, None if raw else self.calibrator, self.class_names, self.category_ids)
+
+    def set_calibrator(self, calibrator: dict | str | os.PathLike | None) -> "DRMM":
+        """Calibrate the scores with a calibrator JSON file (``drmm calibration --save``, ``drmm calibrate``) or its
+        dict; None: none (raw scores). :meth:`save` and :meth:`export` carry it. Returns ``self``."""
+        spec = read_calibrator(calibrator) if isinstance(calibrator, (str, os.PathLike)) else calibrator
+        set_score_calibration(self._module, spec, self.class_names, self.category_ids,
+                              calibrator if isinstance(calibrator, (str, os.PathLike)) else "calibrator", self.source)
+        self.calibrator = getattr(self._module.postprocess.score_calibration, "spec", None)
+        return self
+
     @property
     def module(self) -> torch.nn.Module:
         """The :class:`~drmm.models.detector.Detector` (torchvision-style nn.Module; not optimised for inference)."""
@@ -335,8 +364,10 @@ class DRMM:
 
     # -- files
     def save(self, path: str | os.PathLike) -> Path:
-        """A drmm checkpoint of the current weights (config, class names, category ids): every command loads it."""
-        ckpt = make_checkpoint(self._module, self.config.to_dict(), self.class_names, self.category_ids)
+        """A drmm checkpoint of the current weights (config, class names, category ids, :attr:`calibrator`):
+        every command loads it."""
+        ckpt = make_checkpoint(self._module, self.config.to_dict(), self.class_names, self.category_ids,
+                               **({"calibrator": self.calibrator} if self.calibrator else {}))
         ckpt["model"] = {k: v.detach().cpu() for k, v in ckpt["model"].items()}
         atomic_save(ckpt, path)
         return Path(path)
@@ -352,4 +383,5 @@ class DRMM:
 
         with tempfile.TemporaryDirectory(prefix="drmm-export-") as tmp:
             weights = self.save(Path(tmp) / "model.pt")
-            return export_checkpoint(weights, path, opset, tuple(static) if static else None, verify=verify)
+            return export_checkpoint(weights, path, opset, tuple(static) if static else None, verify=verify,
+                                     raw_scores=self.raw_scores)

@@ -9,11 +9,14 @@ Graph contract (``drmm export``; checked by ``drmm predict --onnx`` before a run
   ``[N]`` best first, ``labels`` int64 ``[N]`` (the dataset's category ids), N = the
   checkpoint's ``detections_per_image``;
 * metadata_props: ``drmm_class_names``, ``drmm_cat_ids`` (JSON lists),
-  ``drmm_detections_per_image``.
+  ``drmm_detections_per_image``, ``drmm_calibrator`` (the score calibrator the graph
+  applies, as JSON; ``null``: raw scores).
 
 Inside: the resize of :class:`~drmm.models.transform.ImageTransform` computed on
 symbolic sizes (halves round up), normalisation, padding, backbone, proposals,
-every decoder stage and the top-k of :class:`~drmm.models.postprocess.TopKPostProcess`.
+every decoder stage, the top-k of :class:`~drmm.models.postprocess.TopKPostProcess` and,
+when the checkpoint carries one, its score calibrator on the kept scores (computed in
+float64 inside, returned as float32).
 """
 from __future__ import annotations
 
@@ -146,6 +149,7 @@ class ExportableDetector(nn.Module):
         boxes, feats = self.proposals(whwh)
         last = self.decoder(features, boxes, feats, whwh)[-1]
         values, comp, cls = self.postprocess.select(self.head.scores(last))
+        values = self.postprocess.calibrate(values, cls).float()  # as the detector: after the top-k
         boxes = last.boxes.float()
         if self.postprocess.clip:
             boxes = clean_boxes(boxes, whwh)
@@ -181,7 +185,8 @@ def export_onnx(model: Detector, out: str | Path, class_names: list[str], cat_id
     proto = onnx.load(str(out))
     materialise_empty_initializers(proto)
     meta = {"drmm_class_names": json.dumps(list(class_names)), "drmm_cat_ids": json.dumps([int(c) for c in cat_ids]),
-            "drmm_detections_per_image": str(model.postprocess.detections_per_image)}
+            "drmm_detections_per_image": str(model.postprocess.detections_per_image),
+            "drmm_calibrator": json.dumps(getattr(model.postprocess.score_calibration, "spec", None))}
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
     onnx.save(proto, str(out))
@@ -263,11 +268,14 @@ def verify_export(model: Detector, path: str | Path, cat_ids: list[int],
 
 
 def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
-                      static_size: tuple[int, int] | None = None, half: bool = False, verify: bool = True) -> Path:
-    """``drmm export``: a checkpoint (``drmm train`` or ``drmm convert-mmdet``) to one ONNX graph at ``out``.
+                      static_size: tuple[int, int] | None = None, half: bool = False, verify: bool = True,
+                      calibrator: str | Path | None = None, raw_scores: bool = False) -> Path:
+    """``drmm export``: a checkpoint (``drmm train``, ``convert-mmdet`` or ``calibrate``) to one ONNX graph at ``out``.
 
-    ``verify``: run the written graph once with onnxruntime against PyTorch
-    (:func:`verify_export`); a graph that disagrees is deleted and an error raised.
+    The graph's scores are calibrated by the checkpoint's calibrator, or by the JSON file
+    ``calibrator``; ``raw_scores``: the model's own. ``verify``: run the written graph once
+    with onnxruntime against PyTorch (the same calibrator; :func:`verify_export`); a graph
+    that disagrees is deleted and an error raised.
     """
     from .checkpoints import checkpoint_classes, detector_from_checkpoint
 
@@ -275,7 +283,7 @@ def export_checkpoint(weights: str | Path, out: str | Path, opset: int = 18,
         raise ValueError("--half is not supported: export float32 and choose the precision when running it "
                          "(drmm predict --onnx MODEL --runtime openvino --precision bf16 on CPUs with bfloat16)")
     require_modules("onnx", "onnxscript")
-    model, ckpt = detector_from_checkpoint(weights, map_location="cpu")
+    model, ckpt = detector_from_checkpoint(weights, map_location="cpu", calibrator=calibrator, raw_scores=raw_scores)
     names, cat_ids = checkpoint_classes(model, ckpt)
     path = export_onnx(model, out, names, cat_ids, opset, static_size)
     if verify:

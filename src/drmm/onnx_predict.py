@@ -121,6 +121,7 @@ class OnnxDetector:
         self.cat_ids = json.loads(meta["drmm_cat_ids"])
         self.class_names = json.loads(meta.get("drmm_class_names", "[]")) or [str(c) for c in self.cat_ids]
         self.name_of = dict(zip(self.cat_ids, self.class_names))
+        self.calibrator = json.loads(meta.get("drmm_calibrator") or "null")  # the calibrator inside; None: raw
         self.static = tuple(shape[1:]) if all(isinstance(s, int) for s in shape[1:]) else None
 
     def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,12 +148,20 @@ def draw(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, names: list[
 
 def predict_onnx(model: str | Path, inputs: list[str | Path], out_dir: str | Path, threshold: float = 0.3,
                  recursive: bool = False, min_side: int = 512, threads: int | None = None,
-                 runtime: str = "onnxruntime", precision: str = "f32", progress: bool = True) -> dict:
-    """Like :func:`drmm.predict.predict` with an exported graph on ``runtime``; returns the same summary dict."""
+                 runtime: str = "onnxruntime", precision: str = "f32", progress: bool = True,
+                 raw_scores: bool = False) -> dict:
+    """Like :func:`drmm.predict.predict` with an exported graph on ``runtime``; returns the same summary dict.
+
+    The scores are the graph's: calibrated when it was exported with a calibrator
+    (``summary["calibrator"]``: it, or None); ``raw_scores`` refuses such a graph.
+    """
     files = collect_images(inputs, recursive)
     if not files:
         raise FileNotFoundError("no input images given")
     detector = OnnxDetector(model, threads, runtime, precision)
+    if raw_scores and detector.calibrator:
+        raise ValueError(f"{model} gives {detector.calibrator['method']}-calibrated scores: for the model's own, "
+                         "export it with drmm export --raw-scores (or run the checkpoint: --weights CKPT --raw-scores)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     used, skipped, outputs, total = set(), [], [], 0  # output stems, unreadable files, PNGs, detections
@@ -169,4 +178,5 @@ def predict_onnx(model: str | Path, inputs: list[str | Path], out_dir: str | Pat
         total += len(labels)
     if not outputs:
         raise RuntimeError(f"none of the {len(files)} images could be read (e.g. {skipped[0]})")
-    return {"images": len(outputs), "skipped": skipped, "detections": total, "outputs": outputs}
+    return {"images": len(outputs), "skipped": skipped, "detections": total, "outputs": outputs,
+            "calibrator": detector.calibrator}

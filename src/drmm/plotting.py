@@ -94,6 +94,37 @@ def reliability_diagram(
     _save(fig, path)
 
 
+def adaptive_reliability_diagram(result: CalibrationBins, path: str | Path, title_extra: str = "",
+                                 metric: str = "LaACE$_0$", ylabel: str = "mean IoU-accuracy") -> None:
+    """Write a reliability diagram over adaptive (equal-count) bins: bars as wide as each bin's score range.
+
+    Top: mean IoU-accuracy per bin over its [edge, edge) span, the gap to its mean
+    score shaded, each bin's (mean score, accuracy) as a dot, and the diagonal.
+    Bottom: the width of each bin (equal counts make narrow bins where scores crowd).
+    ``result.ece`` (the class mean, one detection per bin) goes in the title.
+    """
+    edges, width = result.bin_edges, np.diff(result.bin_edges)
+    nz = result.bin_count > 0
+    fig = Figure(figsize=(5, 6), dpi=100, layout="constrained")
+    ax, ax_w = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.bar(edges[:-1][nz], result.bin_acc[nz], width[nz], align="edge", color="tab:blue", edgecolor="k", label=ylabel)
+    gap_lo = np.minimum(result.bin_acc, result.bin_conf)[nz]
+    gap_hi = np.maximum(result.bin_acc, result.bin_conf)[nz]
+    ax.bar(edges[:-1][nz], gap_hi - gap_lo, width[nz], bottom=gap_lo, align="edge", color="tab:red", alpha=0.3,
+           edgecolor="tab:red", hatch="//", label="gap to confidence")
+    ax.plot(result.bin_conf[nz], result.bin_acc[nz], "o", color="k", ms=3, label="(mean score, accuracy)")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel=ylabel)
+    ax.legend(loc="upper left", fontsize=8)
+    title = f"{metric} = {100 * result.ece:.2f}%"
+    ax.set_title(f"{title}\n{title_extra}" if title_extra else title)
+    ax.text(0.98, 0.02, f"{int(nz.sum())} equal-count bins\nn = {result.n}", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=8, bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0}, zorder=10)
+    ax_w.bar(edges[:-1], width, width, align="edge", color="0.6", edgecolor="k")
+    ax_w.set(xlim=(0, 1), xlabel="confidence", ylabel="bin width")
+    _save(fig, path)
+
+
 def calibration_curves(panels: dict[str, dict[str, CalibrationBins]], path: str | Path,
                        metrics: tuple[str, ...] = ("D-ECE", "LaECE")) -> None:
     """Write several detectors' confidence-vs-accuracy curves in one PNG (paper Figure 2).

@@ -47,6 +47,8 @@ def predict(
     recursive: bool = False,
     progress: bool = True,
     min_side: int = 512,
+    raw_scores: bool = False,
+    calibrator: str | Path | None = None,
 ) -> dict:
     """Detect objects in images and folders of images; see the module doc for the outputs.
 
@@ -54,13 +56,15 @@ def predict(
     the JSON always holds original-image coordinates.
 
     An unreadable file is an error naming it when it is the only image; among several
-    it is skipped with a warning and counted. Returns ``{"images": written,
-    "skipped": [unreadable paths], "detections": total kept, "outputs": [png paths]}``.
+    it is skipped with a warning and counted. Scores are calibrated by the checkpoint's calibrator
+    (``drmm calibrate``) or the JSON file ``calibrator``; ``raw_scores``: the model's own. Returns
+    ``{"images": written, "skipped": [unreadable paths], "detections": total kept, "outputs": [png paths],
+    "calibrator": the calibrator applied or None}``.
     """
     files = collect_images(inputs, recursive)
     if not files:
         raise FileNotFoundError("no input images given")
-    model = DRMM.from_checkpoint(weights, device=device)
+    model = DRMM.from_checkpoint(weights, device=device, raw_scores=raw_scores, calibrator=calibrator)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -87,4 +91,5 @@ def predict(
         raise RuntimeError(f"none of the {len(files)} images could be read (e.g. {skipped[0]})")
     if skipped:
         logger.warning("skipped %d unreadable image(s) of %d", len(skipped), len(files))
-    return {"images": len(outputs), "skipped": skipped, "detections": total, "outputs": outputs}
+    return {"images": len(outputs), "skipped": skipped, "detections": total, "outputs": outputs,
+            "calibrator": None if model.raw_scores else model.calibrator}

@@ -12,7 +12,9 @@ atomically and read with ``torch.load(weights_only=True)`` only::
      "ema": state_dict, "ema_updates": int,   # train.ema: the averaged weights (eval / predict load these)
      "early_stopping": {"best", "bad"},       # train.patience
      # convert-mmdet outputs:
-     "converted_from": {...}}
+     "converted_from": {...},
+     # drmm calibrate: the score calibrator (drmm.models.score_calibration), applied on load:
+     "calibrator": {"format": "drmm-calibrator", "method", "per_class", "params", "classes", ...}}
 
 * :mod:`.files`      atomic_save, make_checkpoint, load_checkpoint (old key layouts remapped),
                      detector_from_checkpoint (the one place a file becomes a model),

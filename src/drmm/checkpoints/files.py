@@ -18,6 +18,7 @@ from .. import __version__
 from ..config import Config, with_legacy_values
 from ..models.build import build_detector
 from ..models.detector import Detector
+from ..models.score_calibration import read_calibrator, set_score_calibration
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -84,8 +85,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def detector_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Detector, dict]:
-    """Rebuild the model saved in a checkpoint (config inside it); returns (model in eval mode, checkpoint)."""
+def detector_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                             calibrator: str | Path | None = None, raw_scores: bool = False) -> tuple[Detector, dict]:
+    """Rebuild the model saved in a checkpoint (config inside it); returns (model in eval mode, checkpoint).
+
+    Its scores are calibrated by the checkpoint's ``"calibrator"`` (``drmm calibrate``), or by the
+    calibrator JSON file ``calibrator`` instead; ``raw_scores``: the model's own scores.
+    """
     ckpt = load_checkpoint(path, map_location)
     cfg = Config.from_dict(with_legacy_values(ckpt["config"]), f"{path}:config")
     cfg.model.pretrained = None  # the weights come from the checkpoint
@@ -94,6 +100,11 @@ def detector_from_checkpoint(path: str | Path, map_location: str | torch.device 
     # trained with train.ema saves the averaged weights as "ema" next to the raw "model" that --resume
     # needs; the averaged ones are the trained model (validation and best.pt used them).
     model.load_state_dict(ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"])
+    if not raw_scores and (calibrator is not None or ckpt.get("calibrator") is not None):
+        spec = read_calibrator(calibrator) if calibrator is not None else ckpt["calibrator"]
+        set_score_calibration(model, spec, *checkpoint_classes(model, ckpt),
+                              source=calibrator if calibrator is not None else f"{path}: 'calibrator'",
+                              model_name=str(path))
     return model.eval(), ckpt
 
 

@@ -1,5 +1,5 @@
-"""The ``drmm`` command: info, synth, train, demo, eval, calibration, predict, export, bench, reproduce, convert-mmdet,
-convert-dataset.
+"""The ``drmm`` command: info, synth, train, demo, eval, calibration, calibrate, predict, export, bench, reproduce,
+convert-mmdet, convert-dataset.
 
 See ``drmm COMMAND --help``.
 """
@@ -11,10 +11,11 @@ import argparse
 import logging
 import sys
 
-from . import bench, calibration, convert_dataset, convert_mmdet, demo, export, info, predict, reproduce, synth, train
+from . import (bench, calibrate, calibration, convert_dataset, convert_mmdet, demo, export, info, predict, reproduce,
+               synth, train)
 from . import eval as eval_  # the module is named after its command
 
-COMMANDS = (info, synth, train, demo, eval_, calibration, predict, export, bench, reproduce, convert_mmdet,
+COMMANDS = (info, synth, train, demo, eval_, calibration, calibrate, predict, export, bench, reproduce, convert_mmdet,
             convert_dataset)
 """The command modules, in the order ``drmm --help`` lists them."""
 

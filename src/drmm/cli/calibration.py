@@ -35,6 +35,10 @@ def register(subparsers) -> None:
                    help="fit a calibrator on these detections (other images) and report before / after")
     p.add_argument("--fit-ann", metavar="FIT_ANN.json", help="annotation file of --fit (default: --ann)")
     p.add_argument("--method", default="temperature", help="temperature (default), platt or isotonic")
+    p.add_argument("--per-class", action="store_true",
+                   help="with --fit: one map per class (a class with too few detections keeps the all-classes map)")
+    p.add_argument("--save", metavar="CALIBRATOR.json",
+                   help="with --fit: write the fitted calibrator, for drmm predict / eval / export --calibrator")
     p.add_argument("--skip-invalid", action="store_true",
                    help="leave out (and count) entries with unknown ids, bad boxes or scores instead of failing")
     p.set_defaults(func=run)
@@ -56,7 +60,41 @@ def _diagrams(summary, folder: Path, title: str, suffix: str = "") -> list[Path]
     reliability_diagram(summary.d_ece, paths[0], title_extra=title, ylabel="precision")
     reliability_diagram(summary.laece.pooled, paths[1], title_extra=f"{title} (classes pooled)".strip(),
                         metric="LaECE", ylabel="mean IoU-accuracy")
+    if summary.eccv is not None:  # ECCV 2024: all detections, TP at IoU >= 0; adaptive (equal-count) bins
+        from ..plotting import adaptive_reliability_diagram
+
+        paths.append(folder / f"reliability_laace_0{suffix}.png")
+        adaptive_reliability_diagram(summary.eccv.bins_laace_0, paths[-1], f"{title} (classes pooled)".strip())
     return paths
+
+
+def _eccv_table(rows: list[tuple[str, dict]], first: str) -> str:
+    """``first`` | n | TP | GT | LaECE_0 | LaACE_0 | oLRP | LRP-opt. threshold, x100 but the threshold."""
+    def f(v, scale=100.0):
+        return "-" if v is None or v != v else f"{scale * v:.2f}"
+
+    width = max([len(first)] + [len(n) for n, _ in rows])
+    lines = [f"{first:<{width}}  {'n':>7}  {'TP':>7}  {'GT':>7}  {'LaECE_0':>7}  {'LaACE_0':>7}  {'oLRP':>6}  "
+             f"{'thresh.':>7}", "-" * (width + 66)]
+    lines += [f"{n:<{width}}  {r['n']:>7}  {r.get('n_tp', '')!s:>7}  {r.get('n_gt', '')!s:>7}  {f(r['laece_0']):>7}  "
+              f"{f(r['laace_0']):>7}  {f(r['olrp']):>6}  {f(r.get('lrp_threshold'), 1.0):>7}" for n, r in rows]
+    return "\n".join(lines)
+
+
+def _eccv_rows(report: dict) -> list[tuple[str, dict]]:
+    e = report["eccv"]
+    return [(c["name"], c) for c in e["per_class"].values()] + [
+        (f"all ({len(e['per_class'])} classes)", {**e, "olrp": e["lrp"]})]
+
+
+def describe_calibrator(calibrator, path: Path) -> str:
+    """The console lines of a saved calibrator: where, what, and the classes that keep the all-classes map."""
+    lines = [f"saved the {calibrator.method} calibrator ({_params(calibrator.params)}"
+             + (f"; per class: {len(calibrator.classes)} classes" if calibrator.classes is not None else "")
+             + f") to {path}"]
+    for c, why in calibrator.fallbacks().items():
+        lines.append(f"  class {c} ({calibrator.classes[c]['name']}): {why}")
+    return "\n".join(lines)
 
 
 def _row(name: str, summary) -> dict:
@@ -87,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--fit calibrates one detector: give a single --detections file")
     if args.fit_ann and not args.fit:
         raise ValueError("--fit-ann needs --fit")
+    if (args.save or args.per_class) and not args.fit:
+        raise ValueError("--save and --per-class need --fit FIT_DETS.json (the detections to fit on)")
     gt = load_ground_truth(args.ann)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
         (name, (dets, summary)), = results.items()
         report = summary.to_json(gt, dets)
         print(format_calibration_table(_class_rows(report)))
+        print(f"\nLaECE_0 ({options.laece_bins} bins), LaACE_0, oLRP (Kuzucu et al. 2024): every detection, "
+              f"TP at IoU >= {summary.eccv.tau:g}; thresh.: LRP-optimal")
+        print(_eccv_table(_eccv_rows(report), "class"))
         left = report["left_out"]
         print(f"left out: {left['ignored_crowd']} on crowd regions only, {left['below_min_score']} below "
               f"{options.min_score:g}" + "".join(f", {v} {k}" for k, v in left["skipped_entries"].items() if v))
@@ -107,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         if args.fit:
             fit_gt = load_ground_truth(args.fit_ann) if args.fit_ann else gt
             fit_dets = load_detections(args.fit, fit_gt, args.skip_invalid)
-            cmp = posthoc_comparison((fit_gt, fit_dets), (gt, dets), args.method, options)
+            cmp = posthoc_comparison((fit_gt, fit_dets), (gt, dets), args.method, options, per_class=args.per_class)
             report["posthoc"] = {**cmp.to_json(), "fit_detections": args.fit, "fit_annotations": fit_gt.source}
             shared = set(fit_dets.image_id.tolist()) & set(dets.image_id.tolist())
             print(f"\n{args.method} calibration fitted on {cmp.n_fit} detections of {args.fit} "
@@ -117,10 +160,15 @@ def run(args: argparse.Namespace) -> int:
             if shared and fit_gt.source == gt.source:
                 print(f"warning: {len(shared)} image(s) are in both --fit and --detections: 'after' is optimistic")
             figures += _diagrams(cmp.after, out, f"{name}, after {args.method} scaling", f"_{args.method}")
+            if args.save:
+                saved = cmp.calibrator.save(args.save, {"detections": args.fit, "annotations": fit_gt.source,
+                                                        **asdict(options)})
+                print(describe_calibrator(cmp.calibrator, saved))
     else:
         report = {"detectors": [{"name": n, **s.to_json(gt, d)} for n, (d, s) in results.items()],
                   "options": asdict(options), "annotations": gt.source}
         print(format_calibration_table([_row(n, s) for n, (_, s) in results.items()], first="detector"))
+        print("\n" + _eccv_table([(d["name"], {**d["eccv"], "olrp": d["lrp"]}) for d in report["detectors"]], "detector"))
         for n, (_, s) in results.items():
             figures += _diagrams(s, out / re.sub(r"[^\w.-]+", "_", n), n)
     curves = out / "confidence_vs_accuracy.png"

@@ -91,3 +91,21 @@ def print_metrics(metrics: dict) -> None:
         from ..evaluation import format_metrics_table
 
         print(format_metrics_table(metrics))
+
+
+def add_calibrator_args(p: argparse.ArgumentParser) -> None:
+    """``--calibrator FILE.json`` | ``--raw-scores``: a checkpoint's scores (default: its own calibrator's)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--calibrator", metavar="CALIBRATOR.json",
+                   help="calibrate the scores with this file (drmm calibration --save, drmm calibrate) instead of "
+                        "the checkpoint's own calibrator")
+    g.add_argument("--raw-scores", action="store_true",
+                   help="the model's own scores, without the calibrator the checkpoint carries (drmm calibrate)")
+
+
+def scores_line(calibrator: dict | None, source) -> str:
+    """The console line saying which scores a command gives: raw, or calibrated by what from where."""
+    if not calibrator:
+        return "scores: the model's own (no calibrator)"
+    return (f"scores: calibrated ({calibrator['method']}{', per class' if calibrator['per_class'] else ''}; "
+            f"calibrator of {source})")

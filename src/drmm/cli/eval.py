@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_dataset_args, add_set_option, data_options, dataset_paths, device
+from .common import (add_calibrator_args, add_dataset_args, add_set_option, data_options, dataset_paths, device,
+                     scores_line)
 
 
 def register(subparsers) -> None:
@@ -23,6 +24,7 @@ def register(subparsers) -> None:
                    help="AP/AR/ECE with class-wise NMS at IoU 0.5..0.9 and winner-take-all (Figure 7, Table 3)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decoder: pays on large datasets of one image size (see docs/benchmarks.md)")
+    add_calibrator_args(p)
     add_set_option(p, help="a data option, e.g. --set data.skip_unreadable=true (data.* keys only; repeatable)")
     p.set_defaults(func=run)
 
@@ -39,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"annotation file not found: {ann}")
     if not images.is_dir():
         raise FileNotFoundError(f"image folder not found: {images}")
-    model, ckpt = detector_from_checkpoint(args.weights, map_location="cpu")
+    model, ckpt = detector_from_checkpoint(args.weights, map_location="cpu", calibrator=args.calibrator,
+                                           raw_scores=args.raw_scores)
+    calibrator = getattr(model.postprocess.score_calibration, "spec", None)
     model.optimize_for_inference(compile=args.compile)  # folded BatchNorms + channels_last: same detections
     dataset = build_dataset(data_cfg, ann, images, train=False)
     check_class_mapping(dataset, ckpt, model.cfg.model.num_classes, args.weights)
@@ -47,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(model, dataset, out, batch_size=args.batch_size, device=dev, num_workers=args.workers,
                       min_score=args.min_score, n_bins=args.bins, diagnostics=args.diagnostics,
                       nms_sweep=args.nms_sweep, title=Path(args.weights).name)
-    metrics = {k: v for k, v in result.items() if k not in ("diagnostics", "nms_sweep")}
-    print(f"{len(dataset)} images of {ann}")
+    metrics = {k: v for k, v in result.items() if k not in ("diagnostics", "nms_sweep", "lrp_thresholds")}
+    print(f"{len(dataset)} images of {ann}; {scores_line(calibrator, args.calibrator or args.weights)}")
     print(format_metrics_table(metrics))
     if args.diagnostics:
         print("\nvalidation NLL / MCM per stage (paper Tables 4, 9):")

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+
+from .common import add_calibrator_args, scores_line
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -24,6 +27,7 @@ def register(subparsers) -> None:
     shape.add_argument("--static", type=_size, metavar="HxW", help="only images of this size")
     p.add_argument("--half", action="store_true",
                    help="not supported: reduced precision is chosen at run time (drmm predict --precision)")
+    add_calibrator_args(p)
     p.set_defaults(func=run)
 
 
@@ -32,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"exporting {args.weights} -> {args.out}: tracing, optimising and checking against PyTorch ...",
           flush=True)
-    out = export_checkpoint(args.weights, args.out, args.opset, args.static, args.half)
-    print(f"wrote {out} ({'static ' + 'x'.join(map(str, args.static)) if args.static else 'dynamic'} input size); "
-          "checked: onnxruntime gives PyTorch's detections on a random image\n"
+    out = export_checkpoint(args.weights, args.out, args.opset, args.static, args.half,
+                            calibrator=args.calibrator, raw_scores=args.raw_scores)
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out), load_external_data=False).metadata_props}
+    scores = scores_line(json.loads(meta.get("drmm_calibrator") or "null"), args.calibrator or args.weights)
+    print(f"wrote {out} ({'static ' + 'x'.join(map(str, args.static)) if args.static else 'dynamic'} input size; "
+          f"{scores}); checked: onnxruntime gives PyTorch's detections on a random image\n"
           f"run it: drmm predict --onnx {out} IMAGES... [--runtime openvino [--precision bf16]]")
     return 0

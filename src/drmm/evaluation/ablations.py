@@ -29,7 +29,7 @@ def _index(det: dict, keep: Tensor) -> dict:
 
 def nms_per_class(det: dict, iou_threshold: float) -> dict:
     """Class-wise NMS (suppress IoU > ``iou_threshold``); kept boxes in descending score order."""
-    keep = batched_nms(det["boxes"], det["scores"], det["labels"], iou_threshold)
+    keep = batched_nms(det["boxes"].to(det["scores"].dtype), det["scores"], det["labels"], iou_threshold)
     return _index(det, keep)
 
 

@@ -20,8 +20,9 @@ import numpy as np
 
 from .calibration import CalibrationResult, LaECEResult, expected_calibration_error, localisation_aware_ece
 from .cocofiles import Detections, GroundTruth
+from .eccv_calibration import EccvCalibration, eccv_calibration
 from .matching import MATCHINGS, match
-from .posthoc import Calibrator, fit_calibrator
+from .posthoc import ClassCalibrators, fit_calibrators
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class CalibrationSummary:
     per_class_d_ece: dict[int, CalibrationResult]
     counted: Counted
     options: CalibrationOptions
+    eccv: EccvCalibration | None = None  # LaECE_0, LaACE_0, LRP over all detections (calibration_summary only)
 
     def to_json(self, gt: GroundTruth | None = None, dets: Detections | None = None) -> dict[str, Any]:
         """The calibration.json content: ``d_ece``, ``laece``, ``n``, counts, ``per_class``, ``bins``, ``options``."""
@@ -91,6 +93,9 @@ class CalibrationSummary:
                "bins": {"d_ece": self.d_ece.bins_json(), "laece_pooled": self.laece.pooled.bins_json(),
                         "laece_per_class": {str(k): r.bins_json() for k, r in self.laece.per_class.items()}},
                "options": asdict(self.options)}
+        if self.eccv is not None:
+            out.update(laece_0=self.eccv.laece_0, laace_0=self.eccv.laace_0, lrp=self.eccv.lrp,
+                       lrp_thresholds=self.eccv.thresholds(), eccv=self.eccv.to_json(names))
         if dets is not None:
             out["detections"] = dets.source
         if gt is not None:
@@ -118,15 +123,15 @@ def summarize(counted: Counted, options: CalibrationOptions, scores: np.ndarray 
 
 def calibration_summary(gt: GroundTruth, dets: Detections,
                         options: CalibrationOptions = CalibrationOptions()) -> CalibrationSummary:
-    """D-ECE and LaECE of ``dets`` against ``gt`` (see the module doc)."""
-    return summarize(count(gt, dets, options), options)
+    """D-ECE and LaECE of ``dets`` against ``gt`` (see the module doc), and LaECE_0, LaACE_0, LRP of all of them."""
+    return replace(summarize(count(gt, dets, options), options), eccv=eccv_calibration(gt, dets, options.laece_bins))
 
 
 @dataclass
 class PosthocComparison:
     """A calibrator fitted on one set of detections and the metrics of another before and after it."""
 
-    calibrator: Calibrator
+    calibrator: ClassCalibrators
     n_fit: int
     before: CalibrationSummary
     after: CalibrationSummary
@@ -139,15 +144,18 @@ class PosthocComparison:
 
 
 def posthoc_comparison(fit: tuple[GroundTruth, Detections], target: tuple[GroundTruth, Detections], method: str,
-                       options: CalibrationOptions = CalibrationOptions()) -> PosthocComparison:
+                       options: CalibrationOptions = CalibrationOptions(),
+                       per_class: bool = False) -> PosthocComparison:
     """Fit a ``method`` calibrator on ``fit`` (ground truth, detections) and measure ``target`` before and after.
 
-    The calibrator is fitted on the counted detections of ``fit`` (correct or not).
+    The calibrator is fitted on the counted detections of ``fit`` (correct or not); ``per_class``:
+    one map per category of ``fit``'s ground truth (:func:`~drmm.evaluation.posthoc.fit_calibrators`).
     """
     fit_counted = count(*fit, options)
-    calibrator = fit_calibrator(method, fit_counted.scores, fit_counted.correct)
+    calibrator = fit_calibrators(method, fit_counted.scores, fit_counted.correct, fit_counted.labels,
+                                 fit[0].categories if per_class else None)
     before = calibration_summary(*target, options)
-    after = summarize(before.counted, options, calibrator(before.counted.scores))
+    after = summarize(before.counted, options, calibrator(before.counted.scores, before.counted.labels))
     return PosthocComparison(calibrator, len(fit_counted.scores), before, after)
 
 

@@ -25,7 +25,7 @@ def to_coco_results(
     results = []
     for det, image_id in zip(detections, image_ids, strict=True):
         boxes = box_convert(det["boxes"].detach().float().cpu(), "xyxy", "xywh").tolist()
-        scores = det["scores"].detach().float().cpu().tolist()
+        scores = det["scores"].detach().double().cpu().tolist()  # calibrated scores are float64: keep their order
         labels = det["labels"].detach().cpu().tolist()
         results += [
             {"image_id": int(image_id), "category_id": int(label_to_cat_id[lab]),

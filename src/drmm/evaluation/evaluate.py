@@ -3,7 +3,8 @@
 ``evaluate`` runs the model once over the dataset and writes, under ``out_dir``:
 
 * ``metrics.json``   flat ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ECE, LaECE`` in
-  [0, 1] (``null`` where undefined, e.g. APl without large objects);
+  [0, 1] (``null`` where undefined, e.g. APl without large objects), then ``laece_0, laace_0,
+  lrp`` and ``lrp_thresholds`` (:mod:`~drmm.evaluation.eccv_calibration`, all detections);
 * ``detections.json`` COCO results (top-100 per image, the dataset's category ids);
 * ``calibration.json`` what ``drmm calibration`` writes for ``detections.json``
   (D-ECE, LaECE, per class, the bin tables, the options);
@@ -74,7 +75,9 @@ def score_detections(
     cal = calibration_summary(gt, dets, options)
     # loadRes adds keys (id, area, ...) to the dicts it gets: hand it copies, keep ``results`` as written
     metrics = coco_evaluate(coco_gt, [dict(r) for r in results], image_ids=image_ids)
-    return {**metrics, "ECE": cal.d_ece.ece, "LaECE": cal.laece.laece}, cal, results, dets.index[cal.counted.keep]
+    eccv = {"laece_0": cal.eccv.laece_0, "laace_0": cal.eccv.laace_0, "lrp": cal.eccv.lrp}  # ECCV 2024, all detections
+    metrics = {**metrics, "ECE": cal.d_ece.ece, "LaECE": cal.laece.laece, **eccv}
+    return metrics, cal, results, dets.index[cal.counted.keep]
 
 
 def evaluate(
@@ -96,8 +99,8 @@ def evaluate(
 
     See the module doc.
 
-    Returns the flat metrics (``METRIC_NAMES`` + ``ECE`` + ``LaECE``, NaN where
-    undefined), plus ``"diagnostics"`` and ``"nms_sweep"`` row lists when requested.
+    Returns the flat metrics (``METRIC_NAMES`` + ``ECE`` + ``LaECE`` + ``laece_0``, ``laace_0``, ``lrp``,
+    NaN where undefined) and ``lrp_thresholds`` (per class), as ``metrics.json`` holds them, plus ``"diagnostics"`` and ``"nms_sweep"`` row lists when requested.
     The model's contiguous labels are mapped to ``dataset.cat_ids``. ``min_score`` and
     ``n_bins`` only affect ECE, LaECE and the figures; COCO metrics use every detection.
     """
@@ -110,12 +113,12 @@ def evaluate(
     options = CalibrationOptions(min_score=min_score, bins=n_bins)
     gt = ground_truth_from_coco(dataset.coco.dataset, source=str(getattr(dataset, "ann_file", "annotations")))
     metrics, cal, results, counted = score_detections(dataset.coco, dets, ids, cat_ids, options, gt)
-    out: dict[str, Any] = dict(metrics)
+    out: dict[str, Any] = {**metrics, "lrp_thresholds": cal.eccv.thresholds()}  # as metrics.json
 
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "metrics.json", metrics)
+        write_json(out_dir / "metrics.json", out)
         write_json(out_dir / "detections.json", results, indent=None)
         write_json(out_dir / "calibration.json", {**cal.to_json(gt), "detections": str(out_dir / "detections.json")})
         reliability_diagram(cal.d_ece, out_dir / "reliability.png", title_extra=title, ap=metrics["AP"])

@@ -13,10 +13,17 @@ and maps any scores to new ones; it is one map for all classes.
   ``IsotonicRegression``).
 
 Scores are clipped to [1e-6, 1 - 1e-6] before the logit, so 0 and 1 stay finite.
+
+:func:`fit_calibrators` adds one map per class (a class with too few detections keeps
+the all-classes map) and :class:`ClassCalibrators` writes and reads the calibrator file
+that travels with a model (:mod:`drmm.models.score_calibration` applies it there).
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize
@@ -107,3 +114,115 @@ def fit_calibrator(method: str, scores: np.ndarray, correct: np.ndarray) -> Cali
     change = fitted[1:] != fitted[:-1]
     ends = np.r_[True, change] | np.r_[change, True]  # each block's first and last point: the same interpolation
     return Calibrator(method, {"x": xs[ends].tolist(), "y": fitted[ends].tolist()})
+
+
+MIN_CLASS_DETECTIONS = 30
+"""A class is fitted on its own with at least this many detections, correct and wrong ones among them."""
+
+
+@dataclass
+class ClassCalibrators:
+    """One map for all classes (``overall``) and, fitted per class, one per category id.
+
+    ``classes`` (per class only): category id -> ``{"name", "n_fit", "calibrator": Calibrator | None,
+    "fallback": why}``; a class without its own map uses ``overall``. ``calibrators(scores,
+    category_ids)`` maps each score with its class's map; :meth:`to_spec` is the calibrator file
+    (:mod:`drmm.models.score_calibration`), :meth:`from_spec` reads one back.
+    """
+
+    method: str
+    overall: Calibrator
+    n_fit: int
+    classes: dict[int, dict] | None = None
+
+    @property
+    def params(self) -> dict:
+        return self.overall.params
+
+    def __call__(self, scores: np.ndarray, category_ids: np.ndarray | None = None) -> np.ndarray:
+        scores = np.asarray(scores, dtype=np.float64)
+        out = self.overall(scores)
+        if self.classes and category_ids is not None:
+            ids = np.asarray(category_ids)
+            for c, entry in self.classes.items():
+                if entry["calibrator"] is not None and (mine := ids == c).any():
+                    out[mine] = entry["calibrator"](scores[mine])
+        return out
+
+    def fallbacks(self) -> dict[int, str]:
+        """Category id -> why, for the classes that use the all-classes map."""
+        return {c: e["fallback"] for c, e in (self.classes or {}).items() if e["calibrator"] is None}
+
+    def to_spec(self, fit: dict | None = None) -> dict:
+        """The calibrator file's dict: plain lists, floats and strings (JSON, ``torch.load(weights_only=True)``)."""
+        from ..models.score_calibration import FORMAT, VERSION, check_calibrator
+
+        spec = {"format": FORMAT, "version": VERSION, "method": self.method, "per_class": self.classes is not None,
+                "params": self.overall.params, "n_fit": self.n_fit, "fit": dict(fit or {})}
+        if self.classes is not None:
+            spec["classes"] = {str(c): {"name": e["name"], "n_fit": e["n_fit"],
+                                        **({"params": e["calibrator"].params} if e["calibrator"] is not None
+                                           else {"fallback": e["fallback"]})}
+                               for c, e in sorted(self.classes.items())}
+        return check_calibrator(spec, f"the fitted {self.method} calibrator")
+
+    def save(self, path: str | Path, fit: dict | None = None) -> Path:
+        """Write :meth:`to_spec` as JSON to ``path`` (the file ``--calibrator`` and ``drmm calibrate`` use)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.to_spec(fit), indent=1)
+        text = re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: f"[{' '.join(m.group(1).split())}]", text)  # a list on one line
+        path.write_text(text + "\n")
+        return path
+
+    @classmethod
+    def from_spec(cls, spec: dict, source: str = "calibrator") -> "ClassCalibrators":
+        """A calibrator dict (checked) as numpy maps."""
+        from ..models.score_calibration import check_calibrator
+
+        spec = check_calibrator(spec, source)
+        classes = None
+        if spec["per_class"]:
+            classes = {int(c): {"name": e["name"], "n_fit": e["n_fit"], "fallback": e.get("fallback"),
+                                "calibrator": Calibrator(spec["method"], e["params"]) if "params" in e else None}
+                       for c, e in spec["classes"].items()}
+        return cls(spec["method"], Calibrator(spec["method"], spec["params"]), spec["n_fit"], classes)
+
+
+def _own_map(method: str, scores: np.ndarray, correct: np.ndarray, min_detections: int) -> Calibrator | str:
+    """One class's map, or why it keeps the all-classes map."""
+    n, right = len(scores), int(np.sum(correct))
+    if n < min_detections:
+        return f"{n} detections (< {min_detections}): uses the all-classes map"
+    if right in (0, n):
+        return f"{'all' if right else 'none'} of its {n} detections correct: uses the all-classes map"
+    cal = fit_calibrator(method, scores, correct)
+    if method == "platt" and cal.params["a"] <= 0:
+        return f"its Platt slope ({cal.params['a']:.3g}) is not positive: uses the all-classes map"
+    return cal
+
+
+def fit_calibrators(method: str, scores: np.ndarray, correct: np.ndarray, category_ids: np.ndarray | None = None,
+                    classes: dict[int, str] | None = None,
+                    min_detections: int = MIN_CLASS_DETECTIONS) -> ClassCalibrators:
+    """The all-classes map of ``method`` and, with ``classes`` (category id -> name), one map per class.
+
+    ``scores [N]``, ``correct [N]``, ``category_ids [N]``. A class with fewer than
+    ``min_detections`` detections, or only correct or only wrong ones, or (Platt) a
+    non-positive slope, keeps the all-classes map; ``fallbacks()`` says which and why.
+    (:meth:`ClassCalibrators.to_spec` refuses an all-classes Platt slope <= 0: it reverses the ranking.)
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    correct = np.asarray(correct, dtype=bool).ravel()
+    overall = fit_calibrator(method, scores, correct)
+    per_class = None
+    if classes is not None:
+        ids = np.asarray(category_ids).ravel()
+        per_class = {}
+        for c, name in sorted(classes.items()):
+            mine = ids == c
+            own = _own_map(method, scores[mine], correct[mine], min_detections)
+            per_class[int(c)] = {"name": str(name), "n_fit": int(mine.sum()),
+                                 "calibrator": own if isinstance(own, Calibrator) else None,
+                                 "fallback": None if isinstance(own, Calibrator) else own}
+    return ClassCalibrators(method, overall, len(scores), per_class)

@@ -17,6 +17,9 @@ class TopKPostProcess(nn.Module):
 
     ``clip``: boxes with their corners in order, clipped to the image (drmm's output);
     otherwise as predicted, only scaled back (the released inference).
+    ``score_calibration``: None (the model's own scores) or a
+    :class:`~drmm.models.score_calibration.ScoreCalibration` applied to the kept scores,
+    after the top-k, so the detections and their order within a class do not change.
     """
 
     def __init__(self, detections_per_image: int = 100, clip: bool = True) -> None:
@@ -25,12 +28,17 @@ class TopKPostProcess(nn.Module):
             raise ValueError(f"detections_per_image must be >= 1, got {detections_per_image}")
         self.detections_per_image = detections_per_image
         self.clip = clip
+        self.score_calibration: nn.Module | None = None
 
     def select(self, scores: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``scores [B, K, C]`` -> the kept ``(scores, components, classes)``, each ``[B, top]``, best first."""
         B, K, C = scores.shape
         values, idx = scores.flatten(1).topk(min(self.detections_per_image, K * C), dim=1)
         return values, idx // C, idx % C
+
+    def calibrate(self, values: Tensor, classes: Tensor) -> Tensor:
+        """The kept scores ``[B, top]`` of ``classes [B, top]`` calibrated (float64); as they are without one."""
+        return values if self.score_calibration is None else self.score_calibration(values, classes)
 
     @torch.no_grad()
     def forward(self, scores: Tensor, boxes: Tensor, image_sizes: list[tuple[int, int]],
@@ -43,6 +51,7 @@ class TopKPostProcess(nn.Module):
         Returns ``[{"boxes" [top, 4], "scores" [top], "labels" [top]}]`` per image.
         """
         values, comp, cls = self.select(scores)
+        values = self.calibrate(values, cls)
         boxes = clean_boxes(boxes.float(), image_sizes) if self.clip else boxes.float()
         dets = [{"boxes": boxes_to_original(boxes[i, comp[i]], image_sizes[i], original_sizes[i], self.clip),
                  "scores": values[i], "labels": cls[i]} for i in range(len(image_sizes))]
