@@ -95,6 +95,12 @@ def test_reproduce_three_variants_end_to_end(tmp_path):
             ts["d_ece_before"], ts["d_ece_after"], ts["params"]["temperature"])
         assert 0 <= row["LaECE"] <= 1 and 0 <= row["LaECE_half_ts"] <= 1
     assert "## Calibration against a temperature-scaled baseline" in md and "LaECE, temperature-scaled" in printed
+    for name, row in rows.items():  # every candidate calibrator fitted on one half, measured on the other
+        h = json.loads((out / name / "eval" / "heldout_calibration.json").read_text())
+        assert len(h["candidates"]) == 12 and set(h["best"]) == {"iou", "correct"}
+        assert h["best"]["iou"]["laece_0"] == min(c["laece_0"] for c in h["candidates"] if c["target"] == "iou")
+        assert h["as_trained"]["d_ece"] == pytest.approx(row["ECE_half"])  # the same half as temperature scaling
+    assert "## Calibration after each detector's best post-hoc calibrator" in md and "best for LaECE_0" in printed
     assert len(rows["drmm"]["exp_neg_mcm_stages"]) == 2  # tiny config: 2 stages
     assert rows["baseline"]["exp_neg_mcm_stages"] == []  # no mixture, no diagnostics
     claims = {c["id"]: c for c in report["claims"]}

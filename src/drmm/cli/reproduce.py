@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     print("(AP, AR, ECE, LaECE in percentage points; exp(-MCM) in 0..1)\n")
     print("D-ECE and LaECE on the held-out half of val, before and after temperature scaling fitted on the other:")
     print(library.format_posthoc_table(report["variants"]) + "\n")
+    print("On the same held-out half, as trained and with the best post-hoc calibrator for LaECE_0 and for D-ECE "
+          "(fitted on the other half):")
+    print(library.format_heldout_table(report["variants"]) + "\n")
     print(library.format_claims(report["claims"]))
     print(f"\nwrote {Path(args.out) / 'results.md'} and results.json")
     return 0

@@ -125,6 +125,30 @@ def temperature_scaling(vdir: Path, val_ann: Path) -> dict[str, Any]:
     return result
 
 
+def heldout(vdir: Path, val_ann: Path) -> dict[str, Any]:
+    """As trained and with its best post-hoc calibrator (:func:`drmm.evaluation.heldout.heldout_calibration`).
+
+    Writes ``vdir/eval/heldout_calibration.json`` and returns it (``error`` when the files are missing)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    from ..evaluation import load_detections, load_ground_truth, write_json
+    from ..evaluation.heldout import heldout_calibration
+
+    try:
+        gt = load_ground_truth(val_ann)
+        dets = load_detections(vdir / "eval" / "detections.json", gt)
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO(str(val_ann))
+        result = heldout_calibration(gt, dets, coco)
+    except (FileNotFoundError, ValueError) as e:
+        return {"error": str(e)}
+    write_json(vdir / "eval" / "heldout_calibration.json", result)
+    return result
+
+
 def collect_variant(vdir: Path, val_ann: Path | None = None) -> dict[str, Any]:
     """One results row from a variant folder's files (see the :mod:`drmm.reproduce` doc).
 
@@ -141,6 +165,7 @@ def collect_variant(vdir: Path, val_ann: Path | None = None) -> dict[str, Any]:
         ts = temperature_scaling(vdir, val_ann)
         row.update({k: to_float(ts.get(v)) for k, v in HALF_KEYS.items()})
         row["temperature"] = to_float(ts.get("params", {}).get("temperature"))
+        row["heldout"] = heldout(vdir, val_ann)
     for r in sweep:
         if r["method"] == "nms" and abs(r["iou"] - 0.7) < 1e-9:
             suffix = "nms0.7"
