@@ -5,6 +5,8 @@ import pytest
 import torch
 from helpers import tiny_config
 
+from drmm.data import generate_synthetic
+
 from drmm.config import Config
 
 
@@ -21,3 +23,11 @@ def _seed_and_threads():
 @pytest.fixture
 def tiny_cfg() -> Config:
     return tiny_config()
+
+
+@pytest.fixture(scope="module")
+def synth16(tmp_path_factory):
+    """The built-in data at 64 px: 16 training and 4 validation images (one per test module)."""
+    root = tmp_path_factory.mktemp("synth16")
+    generate_synthetic(root, 16, 4, seed=0, image_size=64, progress=False)
+    return root

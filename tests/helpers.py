@@ -39,6 +39,20 @@ def tiny_config(num_classes: int = 3, **model) -> Config:
     return cfg
 
 
+def small_train_config(**train) -> Config:
+    """:func:`tiny_config` at 64 px with a 4-iteration CPU recipe (batch 2, no workers, a row every step, no
+    validation or checkpoint in between); ``train`` sets train fields."""
+    cfg = tiny_config(num_classes=5, min_size=64, max_size=64)
+    t = cfg.train
+    t.lr, t.batch_size, t.max_iters, t.warmup_iters = 1e-3, 2, 4, 2
+    t.lr_steps, t.lr_steps_unit, t.num_workers, t.log_interval = [3], "iter", 0, 1
+    t.eval_interval, t.checkpoint_interval, t.interval_unit = 0, 0, "iter"
+    cfg.data.scale = 0.1
+    for k, v in train.items():
+        setattr(t, k, v)
+    return cfg
+
+
 def tiny_batch(sizes=((3, 100, 120), (3, 90, 70))):
     """Two random images; the first with two boxes (labels 1, 2), the second without ground truth."""
     images = [torch.rand(*s) for s in sizes]

@@ -4,34 +4,22 @@ import math
 
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import small_train_config, tiny_config
 from torch import nn
 
 from drmm.config import load_config
-from drmm.data import generate_synthetic
 from drmm.engine.callbacks import EMA, EarlyStopping, build_callbacks
 from drmm.checkpoints import atomic_save, detector_from_checkpoint, load_checkpoint, make_checkpoint
 from drmm.engine.train import DataPaths, train
 from drmm.models import build_detector
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate_synthetic(root, 16, 4, seed=0, image_size=64, progress=False)
-    return root
+@pytest.fixture()
+def synth(synth16):
+    return synth16
 
 
-def small_cfg(**train):  # as tests/test_train.py
-    cfg = tiny_config(num_classes=5, min_size=64, max_size=64)
-    t = cfg.train
-    t.lr, t.batch_size, t.max_iters, t.warmup_iters = 1e-3, 2, 4, 2
-    t.lr_steps, t.lr_steps_unit, t.num_workers, t.log_interval = [3], "iter", 0, 1
-    t.eval_interval, t.checkpoint_interval, t.interval_unit = 0, 0, "iter"
-    cfg.data.scale = 0.1
-    for k, v in train.items():
-        setattr(t, k, v)
-    return cfg
+small_cfg = small_train_config
 
 
 def test_ema_update_matches_the_formula():

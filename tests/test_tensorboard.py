@@ -8,34 +8,23 @@ import sys
 
 import pytest
 
-from helpers import tiny_config
+from helpers import small_train_config
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 from drmm.config import load_config  # noqa: E402
-from drmm.data import generate_synthetic  # noqa: E402
 from drmm.engine.callbacks import TensorBoard, build_callbacks  # noqa: E402
 from drmm.engine.train import DataPaths, train  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate_synthetic(root, 16, 4, seed=0, image_size=64, progress=False)
-    return root
+@pytest.fixture()
+def synth(synth16):
+    return synth16
 
 
-def small_cfg(**train):  # as tests/test_callbacks.py
-    cfg = tiny_config(num_classes=5, min_size=64, max_size=64)
-    t = cfg.train
-    t.lr, t.batch_size, t.max_iters, t.warmup_iters = 1e-3, 2, 4, 2
-    t.lr_steps, t.lr_steps_unit, t.num_workers, t.log_interval = [3], "iter", 0, 1
-    t.eval_interval, t.checkpoint_interval, t.interval_unit, t.tensorboard = 0, 0, "iter", True
-    cfg.data.scale = 0.1
-    for k, v in train.items():
-        setattr(t, k, v)
-    return cfg
+def small_cfg(**train):
+    return small_train_config(tensorboard=True, **train)
 
 
 def _events(run):
