@@ -81,7 +81,7 @@ def test_eval_writes_metrics_detections_and_figures(eval_run, data_dir):
     assert {d["category_id"] for d in dets} <= set(CAT_IDS) and len({d["category_id"] for d in dets}) > 1
     assert {d["image_id"] for d in dets} == set(range(1, 7)) and len(dets) == 6 * 60  # 12 x 5 < 100 pairs
     assert all(len(d["bbox"]) == 4 and 0 <= d["score"] <= 1 for d in dets)
-    for name in ("reliability.png", "reliability_laece.png", "confidence_histograms.png"):
+    for name in ("reliability.png", "reliability_laece.png", "reliability_laace_0.png", "confidence_histograms.png"):
         assert Image.open(out / name).size[0] > 100
     assert "ECE" in printed and "AP50" in printed
 

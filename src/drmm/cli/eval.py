@@ -61,6 +61,6 @@ def run(args: argparse.Namespace) -> int:
         print("\npost-processing sweep (paper Figure 7, Table 3):")
         print(format_nms_sweep_table(result["nms_sweep"]))
     print(f"\nwrote {out}/metrics.json, detections.json, calibration.json, reliability.png, reliability_laece.png, "
-          "confidence_histograms.png"
+          "reliability_laace_0.png, confidence_histograms.png"
           + (", diagnostics.json" if args.diagnostics else "") + (", nms_sweep.json" if args.nms_sweep else ""))
     return 0

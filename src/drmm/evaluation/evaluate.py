@@ -9,7 +9,8 @@
 * ``calibration.json`` what ``drmm calibration`` writes for ``detections.json``
   (D-ECE, LaECE, per class, the bin tables, the options);
 * ``reliability.png`` reliability diagram (D-ECE and AP in the title; paper Figure 8)
-  and ``reliability_laece.png`` (mean IoU-accuracy per bin, LaECE in the title);
+  and ``reliability_laece.png`` (mean IoU-accuracy per bin, LaECE in the title), ``reliability_laace_0.png``
+  (every detection in equal-count bins, LaACE_0 in the title);
 * ``confidence_histograms.png`` class probability p, objectness o and p*o (Figure 9)
   of the detections ECE counts (correctness as for ECE); only the score for heads
   without a mixture;
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.protocol import DetectionDataset
-from ..plotting import confidence_histograms, reliability_diagram
+from ..plotting import adaptive_reliability_diagram, confidence_histograms, reliability_diagram
 from .ablations import ablation_variants
 from .calibration import bin_statistics
 from .calibration_summary import CalibrationOptions, CalibrationSummary, calibration_summary
@@ -124,6 +125,8 @@ def evaluate(
         reliability_diagram(cal.d_ece, out_dir / "reliability.png", title_extra=title, ap=metrics["AP"])
         reliability_diagram(cal.laece.pooled, out_dir / "reliability_laece.png", title_extra=title,
                             ap=metrics["AP"], metric="LaECE", ylabel="mean IoU-accuracy")
+        adaptive_reliability_diagram(cal.eccv.bins_laace_0, out_dir / "reliability_laace_0.png",
+                                     f"{title} (all detections, classes pooled)".strip())
         if mixture:
             values = {"class probability p": _cat(extras["class_prob"])[counted],
                       "objectness o": _cat(extras["objectness"])[counted],
