@@ -25,7 +25,7 @@ COMMAND_FLAGS = {
              "--raw-scores"},
     "calibration": {"--ann", "--detections", "--names", "--out", "--iou", "--min-score", "--bins", "--laece-bins",
                     "--matching", "--fit", "--fit-ann", "--method", "--skip-invalid", "--per-class", "--save"},
-    "calibrate": {"--weights", "--data", "--split", "--ann", "--images", "--method", "--per-class", "--out",
+    "calibrate": {"--weights", "--data", "--split", "--ann", "--images", "--method", "--target", "--per-class", "--out",
                   "--batch-size", "--device", "--workers", "--min-score", "--set"},
     "predict": {"--weights", "--onnx", "--runtime", "--precision", "--out", "--threshold", "--device", "--recursive",
                 "--calibrator", "--raw-scores"},

@@ -326,3 +326,29 @@ def test_drmm_object_eval_and_save_follow_the_calibrator(run, tmp_path):
     plain_metrics = {k: float("nan") if v is None else v
                      for k, v in json.loads((tmp_path / "eval_raw" / "metrics.json").read_text()).items()}
     assert _coco_metrics(got) == _coco_metrics(plain_metrics) and got["ECE"] < plain_metrics["ECE"]
+
+
+def test_calibrate_to_the_iou_target(run):
+    """--target iou: fitted on every detection to its IoU (LaECE_0's target). Isotonic regression keeps the sum of
+    what it fits (each pooled block's mean), so the calibrated scores of the fit set average the mean IoU target."""
+    from drmm.evaluation.cocofiles import detections_from_results, ground_truth_from_coco
+    from drmm.evaluation.coco import to_coco_results
+    from drmm.evaluation.eccv_calibration import eccv_targets
+
+    out = run["root"] / "iou.pt"
+    code, printed, err = run_cli("calibrate", "--weights", run["raw"], "--data", run["root"] / "data", "--method",
+                                 "isotonic", "--target", "iou", "--out", out, "--workers", 0)
+    assert code == 0, err
+    spec = read_calibrator(out.with_suffix(".calibrator.json"))
+    assert spec["fit"]["target"] == "iou" and "to their IoU" in printed and "LaECE_0 / LaACE_0: raw" in printed
+    model, _ = detector_from_checkpoint(run["raw"])
+    model.optimize_for_inference()  # as drmm calibrate runs it: the same raw scores to the bit
+    dataset = CocoDetection(run["root"] / "data" / "annotations" / "val.json", run["root"] / "data" / "val",
+                            train=False)
+    dets, ids, _ = run_inference(model, dataset, batch_size=4, progress=False)
+    gt = ground_truth_from_coco(dataset.coco.dataset)
+    found = detections_from_results(to_coco_results(dets, ids, [int(c) for c in dataset.cat_ids]), gt)
+    t = eccv_targets(gt, found)  # every detection of a class with ground truth, matched at IoU >= 0
+    assert spec["n_fit"] == len(t.scores) > 0 and t.iou.max() > 0
+    fitted = ClassCalibrators.from_spec(spec)(t.scores)
+    assert fitted.mean() == pytest.approx(t.iou.mean(), abs=1e-9)

@@ -8,6 +8,7 @@ scores (``--raw-scores`` the model's own). See ``docs/calibration.md``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from .common import add_dataset_args, add_set_option, data_options, dataset_paths, device
@@ -23,6 +24,9 @@ def register(subparsers) -> None:
     p.add_argument("--weights", required=True, help="checkpoint (.pt) to calibrate")
     add_dataset_args(p)
     p.add_argument("--method", default="isotonic", help="isotonic (default), platt or temperature")
+    p.add_argument("--target", choices=["correct", "iou"], default="correct",
+                   help="what a score comes to mean: correct (default: the chance of a hit at IoU 0.5, fitted on the "
+                        "detections ECE counts) or iou (the expected IoU, LaECE_0's target, fitted on every detection)")
     p.add_argument("--per-class", action="store_true",
                    help="one map per class (a class with too few detections keeps the all-classes map)")
     p.add_argument("--out", required=True, metavar="CKPT_CAL.pt", help="the calibrated checkpoint to write")
@@ -40,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
                                make_checkpoint)
     from ..data import build_dataset
     from ..evaluation import CalibrationOptions, format_calibration_table, run_inference, score_detections
-    from ..evaluation.calibration_summary import summarize
-    from ..evaluation.posthoc import METHODS, fit_calibrators
+    from ..evaluation.calibration_summary import calibration_summary
+    from ..evaluation.cocofiles import detections_from_results, ground_truth_from_coco
+    from ..evaluation.heldout import fit_on
+    from ..evaluation.posthoc import METHODS
     from .calibration import describe_calibrator
 
     if args.method not in METHODS:
@@ -60,13 +66,15 @@ def run(args: argparse.Namespace) -> int:
     check_class_mapping(dataset, ckpt, model.cfg.model.num_classes, args.weights)
     dets, ids, _ = run_inference(model, dataset, args.batch_size, device(args.device), args.workers)
     options = CalibrationOptions(min_score=args.min_score)
-    metrics, before, _, _ = score_detections(dataset.coco, dets, ids, cat_ids, options)
-    counted = before.counted
-    calibrator = fit_calibrators(args.method, counted.scores, counted.correct, counted.labels,
-                                 dict(zip(cat_ids, names)) if args.per_class else None)
-    after = summarize(counted, options, calibrator(counted.scores, counted.labels))
+    metrics, before, results, _ = score_detections(dataset.coco, dets, ids, cat_ids, options)
+    gt = ground_truth_from_coco(dataset.coco.dataset, source=str(ann))
+    gt.categories = dict(zip(cat_ids, names))  # the model's class names (per-class entries)
+    found = detections_from_results(results, gt, skip_invalid=True)
+    calibrator = fit_on(gt, found, args.method, args.target, args.per_class, options)
+    after = calibration_summary(gt, replace(found, scores=calibrator(found.scores, found.category_id)), options)
     spec = calibrator.to_spec({"checkpoint": str(args.weights), "annotations": str(ann), "images": len(ids),
-                               "iou": options.iou, "min_score": options.min_score, "matching": options.matching})
+                               "target": args.target, "iou": options.iou, "min_score": options.min_score,
+                               "matching": options.matching})
     weights = ckpt["ema"] if isinstance(ckpt.get("ema"), dict) else ckpt["model"]  # the weights the model ran
     atomic_save(make_checkpoint(weights, ckpt["config"], names, cat_ids, calibrator=spec), out)
     saved = calibrator.save(out.with_suffix(".calibrator.json"), spec["fit"])
@@ -75,10 +83,14 @@ def run(args: argparse.Namespace) -> int:
         return {"name": name, "n": s.d_ece.n, "n_correct": int(s.counted.correct.sum()), "d_ece": s.d_ece.ece,
                 "laece": s.laece.laece}
 
-    print(f"{len(ids)} images of {ann}; fitted on {calibrator.n_fit} detections scoring >= {options.min_score:g} "
+    what = (f"detections scoring >= {options.min_score:g}, to correct at IoU {options.iou:g}" if args.target == "correct"
+            else "detections (all of them), to their IoU (a true positive at IoU >= 0)")
+    print(f"{len(ids)} images of {ann}; fitted on {calibrator.n_fit} {what} "
           f"(AP {100 * metrics['AP']:.2f}: a calibrator keeps the ranking, so AP stays)")
-    print(f"D-ECE / LaECE (x100) on the same images (in-sample: measure on others with drmm eval --weights {out}):")
+    print(f"on the same images (in-sample: measure on others with drmm eval --weights {out}), x100:")
     print(format_calibration_table([row("raw", before), row(f"{args.method}", after)], first="scores"))
+    print("LaECE_0 / LaACE_0: " + ", ".join(f"{n} {100 * s.eccv.laece_0:.2f} / {100 * s.eccv.laace_0:.2f}"
+                                            for n, s in (("raw", before), (args.method, after))))
     print(describe_calibrator(calibrator, saved))
     print(f"wrote {out} (the checkpoint with its calibrator)")
     return 0

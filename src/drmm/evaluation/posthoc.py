@@ -191,11 +191,12 @@ class ClassCalibrators:
 
 def _own_map(method: str, scores: np.ndarray, correct: np.ndarray, min_detections: int) -> Calibrator | str:
     """One class's map, or why it keeps the all-classes map."""
-    n, right = len(scores), int(np.sum(correct))
+    n = len(scores)
     if n < min_detections:
         return f"{n} detections (< {min_detections}): uses the all-classes map"
-    if right in (0, n):
-        return f"{'all' if right else 'none'} of its {n} detections correct: uses the all-classes map"
+    if correct.min() == correct.max():  # all correct or all wrong (or one IoU for all): nothing to fit
+        what = "correct" if correct[0] == 1 else "wrong" if correct[0] == 0 else f"at target {correct[0]:.3g}"
+        return f"all of its {n} detections {what}: uses the all-classes map"
     cal = fit_calibrator(method, scores, correct)
     if method == "platt" and cal.params["a"] <= 0:
         return f"its Platt slope ({cal.params['a']:.3g}) is not positive: uses the all-classes map"
@@ -207,13 +208,14 @@ def fit_calibrators(method: str, scores: np.ndarray, correct: np.ndarray, catego
                     min_detections: int = MIN_CLASS_DETECTIONS) -> ClassCalibrators:
     """The all-classes map of ``method`` and, with ``classes`` (category id -> name), one map per class.
 
-    ``scores [N]``, ``correct [N]``, ``category_ids [N]``. A class with fewer than
+    ``scores [N]``, ``correct [N]`` (the target in [0, 1]: 1 / 0 for correct / wrong, or a detection's IoU),
+    ``category_ids [N]``. A class with fewer than
     ``min_detections`` detections, or only correct or only wrong ones, or (Platt) a
     non-positive slope, keeps the all-classes map; ``fallbacks()`` says which and why.
     (:meth:`ClassCalibrators.to_spec` refuses an all-classes Platt slope <= 0: it reverses the ranking.)
     """
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    correct = np.asarray(correct, dtype=bool).ravel()
+    correct = np.asarray(correct, dtype=np.float64).ravel()  # booleans become 0 / 1; IoU targets stay as they are
     overall = fit_calibrator(method, scores, correct)
     per_class = None
     if classes is not None:
