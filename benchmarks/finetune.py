@@ -9,7 +9,7 @@ On the built-in data (``drmm synth``: five shapes), entirely on the CPU:
    classes in another order and with other ids: ring, square, cross, triangle; square
    and triangle are shared by name, ring and cross are new. Validation: the 200
    validation images with the target's classes;
-3. **fine-tuned**: ``--init-from`` the source's ``best.pt`` with the fine-tuning recipe's
+3. **fine-tuned**: ``--init-from`` the source's ``last.pt`` with the fine-tuning recipe's
    choices (``configs/finetune.yaml``: lower lr, backbone at 0.1 x lr, EMA), scaled to
    the CPU (the demo's lr / 2, EMA warm-up 100 steps) for ``--iters`` iterations;
 4. **scratch**: the demo recipe on the target for the same number of iterations.

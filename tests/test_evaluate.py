@@ -19,7 +19,7 @@ from drmm.cli import register
 from drmm.config import save_config
 from drmm.data import CocoDetection, generate_synthetic
 from drmm.checkpoints import atomic_save, make_checkpoint
-from drmm.evaluation import METRIC_NAMES, evaluate, run_inference
+from drmm.evaluation import METRIC_NAMES, evaluate, format_metrics_table, run_inference
 from drmm.predict import predict
 
 CAT_IDS = [5, 11, 42, 60, 99]  # non-contiguous dataset ids for the 5 synthetic classes
@@ -75,6 +75,8 @@ def test_eval_writes_metrics_detections_and_figures(eval_run, data_dir):
     assert list(metrics) == [*METRIC_NAMES, "ECE", "LaECE", "laece_0", "laace_0", "lrp", "lrp_thresholds"]
     assert all(v is None or 0 <= v <= 1 for k, v in metrics.items() if k != "lrp_thresholds")
     assert set(metrics["lrp_thresholds"]) <= {str(c) for c in CAT_IDS}
+    table = format_metrics_table(metrics)  # what drmm demo and drmm train print: the numbers only
+    assert "laece_0" in table and "lrp_thresholds" not in table and "APl" in table
     assert metrics["APl"] is None  # no large objects in 64-pixel images: null, not NaN
     assert metrics["ECE"] is not None and metrics["LaECE"] is not None
     dets = json.loads((out / "detections.json").read_text())

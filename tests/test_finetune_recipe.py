@@ -58,3 +58,15 @@ def test_a_small_backbone_factor_holds_the_backbone_still(tmp_path):
     assert rest > 1e-3 and bb < 1e-8  # AdamW steps are about lr per element: 3 x 1e-9 for the backbone
     rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows if r["type"] == "train"][-1] == pytest.approx(1e-3)  # the log shows the main lr
+
+
+def test_resume_refuses_another_backbone_lr_factor(tmp_path):
+    root = tmp_path / "synth"
+    generate_synthetic(root, 8, 2, seed=0, image_size=64, progress=False)
+    cfg = tiny_config(num_classes=5, min_size=64, max_size=64)
+    t = cfg.train
+    t.batch_size, t.max_iters, t.num_workers, t.eval_interval, t.interval_unit = 2, 1, 0, 0, "iter"
+    Trainer(cfg, DataPaths.from_dir(root), tmp_path / "run", progress=False).fit()
+    cfg.train.backbone_lr_factor = 0.1
+    with pytest.raises(ValueError, match=r"train.backbone_lr_factor=1; a resumed run keeps it"):
+        Trainer(cfg, DataPaths.from_dir(root), tmp_path / "run", resume=True, progress=False)

@@ -38,6 +38,10 @@ def test_raw_and_calibrated_errors_by_hand(overconfident):
     assert raw["d_ece"] == pytest.approx(0.4) and raw["laece_0"] == pytest.approx(0.4)
     # LaACE_0 (one detection per bin): the mean |IoU - score| = (10 x 0.1 + 10 x 0.9) / 20
     assert raw["laace_0"] == pytest.approx(0.5)
+    # oLRP against the measured half's 20 ground truths only (not the file's 40): at IoU >= 0 every detection
+    # takes its image's ground truth, 10 with IoU 1 and 10 with IoU 0, so 20 TP, no FP, no FN:
+    # (sum (1 - IoU) + FP + FN) / (TP + FP + FN) = 10 / 20 (with the other half's 20 as misses: 30 / 40)
+    assert raw["lrp"] == pytest.approx(10 / 20)
     # AP, the same at every IoU threshold (IoU is 1 or 0): equal scores keep image order (2, 4, 6, ...: right,
     # wrong, right, ...), so the j-th true positive comes at rank 2j - 1 with precision j / (2j - 1) and recall
     # j / 20; COCO's interpolated precision at recall r <= 0.5 is that of the first j with j / 20 >= r, 0 above

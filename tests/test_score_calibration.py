@@ -24,7 +24,7 @@ from drmm.evaluation.calibration_summary import summarize
 from drmm.evaluation.posthoc import METHODS as FIT_METHODS
 from drmm.evaluation.posthoc import ClassCalibrators, fit_calibrators
 from drmm.models.score_calibration import (METHODS, TIE, ScoreCalibration, check_calibrator_classes,
-                                           read_calibrator)
+                                           read_calibrator, set_score_calibration)
 
 CLASSES = {3: "cat", 7: "dog", 11: "owl", 13: "eel"}  # eel: too few detections for its own map
 
@@ -352,3 +352,22 @@ def test_calibrate_to_the_iou_target(run):
     assert spec["n_fit"] == len(t.scores) > 0 and t.iou.max() > 0
     fitted = ClassCalibrators.from_spec(spec)(t.scores)
     assert fitted.mean() == pytest.approx(t.iou.mean(), abs=1e-9)
+
+
+def test_the_export_check_allows_for_the_calibrators_slope():
+    """verify_export's score tolerance grows with the map's slope at the image's raw scores: checked against the
+    derivative of a temperature map worked out by hand, d/ds sigmoid(logit(s) / T) = p (1 - p) / (T s (1 - s))."""
+    from drmm.export import calibration_slope
+
+    torch.manual_seed(0)
+    model = build_detector(tiny_config(num_classes=3)).eval()
+    image = torch.rand(3, 120, 90, generator=torch.Generator().manual_seed(0))
+    assert calibration_slope(model, image) == 0.0  # no calibrator
+    with torch.inference_mode():
+        s = model([image])[0]["scores"].double().numpy()
+    spec = {"format": "drmm-calibrator", "version": 1, "method": "temperature", "per_class": False,
+            "params": {"temperature": 0.25}, "n_fit": 1, "fit": {}}
+    set_score_calibration(model, spec, ["a", "b", "c"], [1, 2, 3])
+    p = 1 / (1 + np.exp(-(np.log(s) - np.log1p(-s)) / 0.25))
+    by_hand = (p * (1 - p) / (0.25 * s * (1 - s))).max()
+    assert calibration_slope(model, image) == pytest.approx(by_hand, rel=1e-3)

@@ -55,7 +55,13 @@ def test_every_number_of_the_log_and_the_reliability_diagram(synth, tmp_path):
     assert any(t.startswith("train/nll.") for t in tags) and any(t.startswith("train/mcm.") for t in tags)
     val_steps = {r["step"] for r in rows if r["type"] == "val"}
     images = acc.Images("val/reliability")
-    assert images and {im.step for im in images} <= val_steps and images[0].width > 100
+    assert [im.step for im in images] == sorted(val_steps) == [2, 4] and images[0].width > 100
+
+
+def test_the_final_validation_draws_the_diagram_too(synth, tmp_path):
+    run = tmp_path / "run"
+    train(small_cfg(max_iters=3, eval_interval=0), DataPaths.from_dir(synth), run, progress=False)  # final only
+    assert [im.step for im in _events(run).Images("val/reliability")] == [3]
 
 
 def test_resume_writes_each_step_once(synth, tmp_path):

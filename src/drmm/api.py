@@ -173,10 +173,10 @@ class DRMM:
         """A checkpoint of ``drmm train``, ``drmm convert-mmdet``, ``drmm calibrate`` or :meth:`save` (config and
         classes inside). Scores are calibrated by the checkpoint's calibrator, or by the JSON file ``calibrator``
         (``drmm calibration --save``); ``raw_scores``: the model's own (:attr:`raw_scores` switches later)."""
-        module, ckpt = detector_from_checkpoint(path, map_location="cpu", calibrator=calibrator)
+        module, ckpt = detector_from_checkpoint(path, map_location="cpu", calibrator=calibrator, raw_scores=raw_scores)
         model = cls(module, *checkpoint_classes(module, ckpt), device=device, source=Path(path).name)
-        if raw_scores:
-            model.raw_scores = True
+        if raw_scores:  # kept unapplied (checked when raw_scores is turned off): a raw model opens whatever it holds
+            model.calibrator = read_calibrator(calibrator) if calibrator is not None else ckpt.get("calibrator")
         return model
 
     @classmethod
@@ -365,7 +365,8 @@ class DRMM:
     # -- files
     def save(self, path: str | os.PathLike) -> Path:
         """A drmm checkpoint of the current weights (config, class names, category ids, :attr:`calibrator`):
-        every command loads it."""
+        every command loads it. The calibrator is saved whatever :attr:`raw_scores` says (it belongs to the
+        model; reloaded, the scores are calibrated, and ``raw_scores=True`` gives the model's own)."""
         ckpt = make_checkpoint(self._module, self.config.to_dict(), self.class_names, self.category_ids,
                                **({"calibrator": self.calibrator} if self.calibrator else {}))
         ckpt["model"] = {k: v.detach().cpu() for k, v in ckpt["model"].items()}

@@ -47,7 +47,6 @@ def _python_state_from_list(s: list) -> tuple:
     return (version, tuple(int(x) for x in internal.tolist()), gauss)
 
 
-
 def training_checkpoint(trainer: Any, metrics: dict | None = None) -> dict[str, Any]:
     """Everything a :class:`drmm.engine.train.Trainer` needs to resume exactly, plus its callbacks' state."""
     t = trainer

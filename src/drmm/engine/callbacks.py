@@ -47,7 +47,8 @@ class Callback:
         """Each row of the run's log, as written to ``log.jsonl`` (rank 0)."""
 
     def on_resume(self, trainer: Any) -> None:
-        """After ``--resume`` restored the model, optimizer and callbacks (rank 0); ``trainer.step`` is the checkpoint's."""
+        """After ``--resume`` restored the model, optimizer and callbacks, on every rank (the run log and TensorBoard
+        exist on rank 0 only; early stopping must stop every rank alike); ``trainer.step`` is the checkpoint's."""
 
     def on_fit_end(self, trainer: Any) -> None:
         """Training is over, the final validation and checkpoint written (rank 0)."""
@@ -167,8 +168,8 @@ class TensorBoard(Callback):
 
     Scalars are named ``train/<key>`` (loss terms per stage, lr, grad norm, data and step
     time, memory on GPUs) and ``val/<key>`` (AP..., ECE, LaECE and the other calibration
-    errors); after each validation the D-ECE reliability diagram is an image
-    (``val/reliability``). A resumed run purges the events past its checkpoint.
+    errors); after each validation, the final one included, the D-ECE reliability diagram is
+    an image (``val/reliability``). A resumed run purges the events past its checkpoint.
     """
 
     def __init__(self, out: Path) -> None:
@@ -179,7 +180,7 @@ class TensorBoard(Callback):
                               "(or pip install tensorboard), or turn it off with --set train.tensorboard=false"
                               ) from e
         self._make = SummaryWriter
-        self.dir, self.purge_step, self.writer = out / "tensorboard", None, None
+        self.dir, self.purge_step, self.writer, self.drawn = out / "tensorboard", None, None, -1
 
     def _writer(self) -> Any:
         if self.writer is None:
@@ -196,17 +197,23 @@ class TensorBoard(Callback):
                 self._writer().add_scalar(f"{kind}/{key}", value, row["step"])
 
     def on_validation(self, trainer: Any, metrics: dict[str, float]) -> bool:
-        cal = getattr(trainer, "val_calibration", None)
-        if cal is not None and cal.d_ece.n:
-            png = self.dir / "reliability.png"
-            reliability_diagram(cal.d_ece, png, f"validation, iteration {trainer.step}", metrics.get("AP"))
-            with Image.open(png) as im:
-                self._writer().add_image("val/reliability", np.asarray(im.convert("RGB")), trainer.step,
-                                         dataformats="HWC")
+        self._diagram(trainer, metrics.get("AP"))
         self._writer().flush()
         return False
 
+    def _diagram(self, trainer: Any, ap: float | None) -> None:
+        cal = getattr(trainer, "val_calibration", None)
+        if cal is not None and cal.d_ece.n and self.drawn != trainer.step:
+            png = self.dir / "reliability.png"
+            reliability_diagram(cal.d_ece, png, f"validation, iteration {trainer.step}", ap)
+            with Image.open(png) as im:
+                self._writer().add_image("val/reliability", np.asarray(im.convert("RGB")), trainer.step,
+                                         dataformats="HWC")
+            self.drawn = trainer.step
+
     def on_fit_end(self, trainer: Any) -> None:
+        if trainer.last_val_step == trainer.step:  # the final validation (the trainer's last "val" row)
+            self._diagram(trainer, trainer.val_metrics.get("AP"))
         if self.writer is not None:
             self.writer.close()
 

@@ -143,7 +143,7 @@ class Trainer:
         self.step, self.nonfinite, self.nonfinite_total = 0, 0, 0
         self.best = -math.inf
         self.last_val_step = -1  # the step of the last "val" row in log.jsonl
-        self.val_calibration = None  # the last validation's calibration summary (callbacks draw it)
+        self.val_calibration, self.val_metrics = None, {}  # the last validation's (callbacks draw them)
         self.stopping = False  # a callback asked to stop (early stopping)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +163,11 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise RuntimeError(f"{path} holds no training state; cannot resume from it (start a new run: "
                                "another --out, without --resume)")
+        was = float(ckpt["config"].get("train", {}).get("backbone_lr_factor", 1.0))
+        if was != self.cfg.train.backbone_lr_factor:  # the optimizer's groups and lrs come from the checkpoint
+            raise ValueError(f"{path} was trained with train.backbone_lr_factor={was:g}; a resumed run keeps it "
+                             f"(drop --set train.backbone_lr_factor={self.cfg.train.backbone_lr_factor:g}, or start "
+                             "a new run from these weights with --init-from)")
         restore_training_state(self, ckpt)
         logger.info("resumed from %s at iteration %d", path, self.step)
         for cb in self.callbacks:  # the run log drops its rows past the checkpoint, TensorBoard its events
@@ -262,6 +267,7 @@ class Trainer:
         self.model.train()
         metrics, self.val_calibration, _, _ = score_detections(self.val_set.coco, dets, image_ids,
                                                                self.val_set.cat_ids)
+        self.val_metrics = metrics
         if self.world > 1:
             dist.barrier()
         return metrics

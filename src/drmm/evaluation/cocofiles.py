@@ -22,7 +22,7 @@ import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -40,6 +40,12 @@ class GroundTruth:
     crowd: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     skipped: dict[str, int] = field(default_factory=dict)
     source: str = "annotations"
+
+    def subset(self, image_ids: Iterable[int]) -> GroundTruth:
+        """The ground truth of ``image_ids`` only (an evaluation of part of the file: misses counted there only)."""
+        keep = set(int(i) for i in image_ids) & self.image_ids
+        return GroundTruth(keep, dict(self.categories), {k: v for k, v in self.boxes.items() if k[0] in keep},
+                           {k: v for k, v in self.crowd.items() if k[0] in keep}, dict(self.skipped), self.source)
 
     def get(self, image_id: int, cat_id: int) -> tuple[np.ndarray, np.ndarray]:
         """``(boxes [G, 4], crowd [G])`` of one image and category (empty when it has none)."""

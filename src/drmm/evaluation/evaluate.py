@@ -70,6 +70,7 @@ def score_detections(
                              f"{len(cat_ids)} categories: the model was trained for other classes")
     results = to_coco_results(detections, image_ids, cat_ids)
     gt = ground_truth_from_coco(coco_gt.dataset) if gt is None else gt
+    gt = gt.subset(image_ids)  # the images evaluated (LRP counts the misses there only)
     dets = detections_from_results(results, gt, source="detections", skip_invalid=True)
     if any(dets.skipped.values()):
         logger.warning("left out of ECE / LaECE: %s", dets.skipped)

@@ -67,8 +67,8 @@ def average_precision(coco_gt: COCO, dets: Detections, image_ids: list[int]) -> 
 
 def measure(gt: GroundTruth, dets: Detections, coco_gt: COCO, image_ids: list[int],
             options: CalibrationOptions = CalibrationOptions()) -> dict[str, float]:
-    """AP, D-ECE, LaECE, LaECE_0, LaACE_0 and mean oLRP of ``dets`` on ``image_ids``."""
-    s = calibration_summary(gt, dets, options)
+    """AP, D-ECE, LaECE, LaECE_0, LaACE_0 and mean oLRP of ``dets`` on ``image_ids`` (their ground truth only)."""
+    s = calibration_summary(gt.subset(image_ids), dets, options)
     return {"AP": average_precision(coco_gt, dets, image_ids), "d_ece": s.d_ece.ece, "laece": s.laece.laece,
             "laece_0": s.eccv.laece_0, "laace_0": s.eccv.laace_0, "lrp": s.eccv.lrp, "n": len(dets)}
 
@@ -81,6 +81,7 @@ def heldout_calibration(gt: GroundTruth, dets: Detections, coco_gt: COCO,
     each candidate is ``{"target", "method", "per_class", "params", metrics...}``.
     """
     fit, report = split_halves(gt, dets)
+    fit_gt = gt.subset(sorted(gt.image_ids)[0::2])  # each half is matched against its own images only
     ids = sorted(gt.image_ids)[1::2]
     out: dict[str, Any] = {"as_trained": measure(gt, report, coco_gt, ids, options), "candidates": [],
                            "n_fit": len(fit), "n_report": len(report),
@@ -89,7 +90,7 @@ def heldout_calibration(gt: GroundTruth, dets: Detections, coco_gt: COCO,
     for target in TARGETS:
         for method in METHODS:
             for per_class in (False, True):
-                cal = fit_on(gt, fit, method, target, per_class, options)
+                cal = fit_on(fit_gt, fit, method, target, per_class, options)
                 calibrated = replace(report, scores=np.clip(cal(report.scores, report.category_id), 0.0, 1.0))
                 out["candidates"].append({"target": target, "method": method, "per_class": per_class,
                                           "params": cal.params, "fallbacks": len(cal.fallbacks()),

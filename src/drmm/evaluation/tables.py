@@ -12,11 +12,13 @@ def _fmt(v: Any, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def format_metrics_table(metrics: dict) -> str:
-    """Two-column aligned text table, values shown x100 (COCO convention), NaN as "nan"."""
+    """Two-column aligned text table, values shown x100 (COCO convention), NaN as "nan"; only the numbers
+    (``lrp_thresholds``, per class, and the row lists of ``drmm eval`` are left out)."""
+    metrics = {k: v for k, v in metrics.items() if v is None or isinstance(v, (int, float))}
     width = max([len(str(k)) for k in metrics] + [6])
     lines = [f"{'metric':<{width}}  {'x100':>6}", "-" * (width + 8)]
     for k, v in metrics.items():
-        v = float(v)
+        v = float("nan") if v is None else float(v)
         lines.append(f"{str(k):<{width}}  {'nan' if math.isnan(v) else f'{100 * v:.1f}':>6}")
     return "\n".join(lines)
 

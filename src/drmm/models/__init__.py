@@ -2,4 +2,4 @@
 from .build import build_detector, count_parameters
 from .detector import Detector
 
-__all__ = ["Detector", "build_detector", "checkpoint_classes", "count_parameters", "detector_from_checkpoint", "load_checkpoint"]
+__all__ = ["Detector", "build_detector", "count_parameters"]  # checkpoints: drmm.checkpoints

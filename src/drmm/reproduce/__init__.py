@@ -30,10 +30,11 @@ the temperature-scaled baseline), with "held" / "not held" (see :func:`judge_cla
 # training + evaluation, results rows, the whole run), claims.py (the verdicts), report.py
 # (tables, results.md / results.json). The command itself is drmm.cli.reproduce.
 from .claims import AP_GAP, AR_TOL, judge_claims
-from .report import format_claims, format_heldout_table, format_posthoc_table, format_table, machine_info, write_results
+from .report import (format_claims, format_heldout_table, format_posthoc_table, format_table, machine_info,
+                     write_results)
 from .runner import collect_variant, reproduce, run_variant, variant_config
 from .variants import DEFAULT_VARIANTS, LARGE_MAX_ITERS, PAPER_OBJECTIVE, VARIANTS, Variant
 
 __all__ = ["AP_GAP", "AR_TOL", "DEFAULT_VARIANTS", "LARGE_MAX_ITERS", "PAPER_OBJECTIVE", "VARIANTS", "Variant",
-           "collect_variant", "format_claims", "format_heldout_table", "format_posthoc_table", "format_table", "judge_claims", "machine_info",
-           "reproduce", "run_variant", "variant_config", "write_results"]
+           "collect_variant", "format_claims", "format_heldout_table", "format_posthoc_table", "format_table",
+           "judge_claims", "machine_info", "reproduce", "run_variant", "variant_config", "write_results"]
