@@ -85,3 +85,16 @@ def test_check_class_mapping_compares_ids_or_the_class_count():
         check_class_mapping(ds, {"cat_ids": [1, 2, 3]}, 3, "a.pt")
     with pytest.raises(ValueError, match="val.json has 3 categories but the model in a.pt predicts 5 classes"):
         check_class_mapping(ds, {"cat_ids": None}, 5, "a.pt")
+
+
+def test_demo_runs_to_its_last_line(tmp_path, synth16):
+    """`drmm demo` through evaluation, drawing and the printed metrics (a tiny recipe on data already there)."""
+    shutil.copytree(synth16, tmp_path / "data")
+    cfg = tiny_config(num_classes=5, min_size=64, max_size=64)
+    t = cfg.train
+    t.batch_size, t.max_iters, t.num_workers, t.eval_interval, t.interval_unit = 2, 2, 0, 0, "iter"
+    save_config(cfg, tmp_path / "tiny.yaml")
+    code, out, err = run_cli("demo", "--out", tmp_path, "--config", tmp_path / "tiny.yaml")
+    assert code == 0, err
+    assert "D-ECE" in out and "laece_0" in out and "lrp_thresholds" not in out and "demo finished" in out
+    assert len(list((tmp_path / "predictions").glob("*.png"))) == 4
