@@ -54,6 +54,18 @@ def test_raw_and_calibrated_errors_by_hand(overconfident):
         assert c["AP"] == pytest.approx(raw["AP"], abs=1e-12)
     assert r["best"]["iou"]["target"] == "iou" and r["best"]["correct"]["target"] == "correct"
     assert r["best"]["iou"]["laece_0"] == min(c["laece_0"] for c in r["candidates"] if c["target"] == "iou")
+    # the paper's protocol: at IoU >= 0 each class's LRP-optimal threshold on the fit half keeps every detection
+    # (one score), so the thresholded values are the plain ones
+    assert raw["laece_0_thr"] == pytest.approx(raw["laece_0"]) and raw["laace_0_thr"] == pytest.approx(0.5)
+
+
+def test_none_is_best_when_no_calibrator_helps(overconfident):
+    """Scores that are right already (0.5 on a detector right half the time): nothing beats them."""
+    gt, dets, coco = overconfident
+    from dataclasses import replace
+    r = heldout_calibration(gt, replace(dets, scores=np.full(len(dets), 0.5)), coco)
+    assert r["as_trained"]["d_ece"] == pytest.approx(0.0)
+    assert r["best"]["correct"]["method"] == "none" and r["best"]["correct"]["d_ece"] == r["as_trained"]["d_ece"]
 
 
 def test_the_maps_are_fitted_on_the_other_half(overconfident):
