@@ -31,6 +31,7 @@ from ..checkpoints.init_from import init_model
 from ..config import Config, save_config
 from ..data import UnreadableImageError, build_dataset, build_transforms, collate_fn
 from ..data.formats import training_splits
+from ..evaluation.cocofiles import ground_truth_from_coco
 from ..evaluation.evaluate import score_detections
 from ..evaluation.inference import run_inference
 from ..hardware import resolve_amp
@@ -144,6 +145,7 @@ class Trainer:
         self.best = -math.inf
         self.last_val_step = -1  # the step of the last "val" row in log.jsonl
         self.val_calibration, self.val_metrics = None, {}  # the last validation's (callbacks draw them)
+        self._val_gt = None
         self.stopping = False  # a callback asked to stop (early stopping)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -265,8 +267,10 @@ class Trainer:
             dets, image_ids, _ = run_inference(model, self.val_set, batch_size=self.cfg.train.batch_size,
                                                device=self.device, progress=False)
         self.model.train()
+        if self._val_gt is None:  # the validation file's boxes, read once for every validation's calibration
+            self._val_gt = ground_truth_from_coco(self.val_set.coco.dataset, source=str(self.data.val_ann))
         metrics, self.val_calibration, _, _ = score_detections(self.val_set.coco, dets, image_ids,
-                                                               self.val_set.cat_ids)
+                                                               self.val_set.cat_ids, gt=self._val_gt)
         self.val_metrics = metrics
         if self.world > 1:
             dist.barrier()

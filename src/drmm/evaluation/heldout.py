@@ -24,18 +24,16 @@ threshold, found on the fit half (under the candidate's map).
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from ..models.score_calibration import ScoreCalibration
 from .calibration_summary import CalibrationOptions, calibration_summary, count, split_halves
+from .coco import coco_evaluate
 from .cocofiles import Detections, GroundTruth
 from .eccv_calibration import eccv_calibration, eccv_targets
 from .posthoc import METHODS, ClassCalibrators, fit_calibrators
@@ -58,16 +56,10 @@ def fit_on(gt: GroundTruth, dets: Detections, method: str, target: str, per_clas
 
 
 def average_precision(coco_gt: COCO, dets: Detections, image_ids: list[int]) -> float:
-    """COCO AP (IoU 0.5:0.95, 100 detections) of ``dets`` on ``image_ids``; 0 without detections."""
-    if not len(dets):
-        return 0.0
+    """COCO AP (IoU 0.5:0.95, 100 detections) of ``dets`` on ``image_ids`` (:func:`~drmm.evaluation.coco.coco_evaluate`)."""
     results = [{"image_id": int(i), "category_id": int(c), "bbox": [float(v) for v in b], "score": float(s)}
                for i, c, b, s in zip(dets.image_id, dets.category_id, dets.boxes, dets.scores)]
-    with contextlib.redirect_stdout(io.StringIO()):
-        ev = COCOeval(coco_gt, coco_gt.loadRes(results), iouType="bbox")
-        ev.params.imgIds = list(image_ids)
-        ev.evaluate(), ev.accumulate(), ev.summarize()
-    return float(ev.stats[0])
+    return coco_evaluate(coco_gt, results, image_ids=list(image_ids))["AP"]
 
 
 def lrp_thresholds(gt: GroundTruth, dets: Detections) -> dict[int, float]:
